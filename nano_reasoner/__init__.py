@@ -1,0 +1,1 @@
+"""nano-reasoner: how reasoning models are built, from scratch, on toy arithmetic."""

@@ -1,0 +1,90 @@
+"""
+What every top-level script shares: picking the device, failing with one clear line, loading a policy checkpoint.
+
+Errors a user can cause (a bad flag value, a missing checkpoint, a problem that is not a problem) end the script with
+one line on stderr that names the fix and exit code 2, never a traceback. Scripts raise `UserError` anywhere and wrap
+their `main` in `run_main`, which turns it into that line.
+"""
+import contextlib
+import math
+import os
+import sys
+
+import torch
+
+
+class UserError(Exception):
+    """Something the user can fix; the message says how."""
+
+
+def run_main(main):
+    """Call main(); a UserError (or Ctrl-C outside training) becomes one line on stderr and exit code 2 / 130."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def pick_device(name="auto", threads=None):
+    """'auto' -> cuda when present, else cpu. On CPU the thread count is set deliberately (default: all cores)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible: use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: use auto, cpu or cuda")
+    if name == "cpu":
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+    return torch.device(name)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; on CPU a no-op (fp32 is faster and exact there)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def parse_range(text, flag):
+    """'1-4' -> (1, 2, 3, 4); '3' -> (3,); '1,3' -> (1, 3)."""
+    try:
+        values = []
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            values.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give a range such as 1-4 or a list such as 1,3") from None
+    if not values:
+        raise UserError(f"{flag} {text!r} is empty")
+    return tuple(values)
+
+
+def load_policy(path, device, expected_kind="policy"):
+    """A checkpoint -> (model, tokenizer, checkpoint dict), or UserError with the fix."""
+    from nano_reasoner.checkpoint import CheckpointError, load_checkpoint
+    from nano_reasoner.model import GPT, GPTConfig
+    from nano_reasoner.tokenizer import Tokenizer
+
+    try:
+        ckpt = load_checkpoint(path, expected_kind=expected_kind)
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError:
+        raise UserError(f"{path}: the weights do not match the model config stored with them (corrupt checkpoint)") from None
+    model.to(device).eval()
+    return model, Tokenizer(ckpt["tokenizer_bytes"]), ckpt
+
+
+def cosine_lr(step, total_steps, peak_lr, warmup_steps, min_lr_frac=0.1):
+    """Linear warmup to peak_lr, then cosine decay to min_lr_frac * peak_lr (as in nanoGPT)."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak_lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -1,0 +1,67 @@
+"""
+Training data for next-token prediction on chain-of-thought traces (pre-training and supervised fine-tuning).
+
+Each example is one problem's full trace, tokenized as [bos] + prompt + completion + [eos]. The loss is taken on the
+completion tokens only (the steps, `</think>`, the answer and eos): the model is never asked to predict the problem,
+which is random and unpredictable, only to solve it. This is how instruction tuning and R1's supervised stages
+train ("SFT on reasoning traces").
+
+Batches are right-padded. To waste little compute on padding, examples are bucketed by length: a shuffled chunk of
+many batches is sorted by length and cut into batches, which are then shuffled (the "bucket iterator" trick).
+Positions start at 0 in every row, exactly as at inference, so there is no train/test mismatch that packing several
+traces into one row would bring.
+"""
+import random
+from dataclasses import dataclass
+
+import torch
+
+from nano_reasoner import tasks
+
+
+@dataclass
+class Example:
+    tokens: list        # [bos] + prompt + completion + [eos]
+    prompt_length: int  # tokens before the completion, bos included
+
+
+def make_example(tokenizer, problem, steps, answer):
+    prompt = tokenizer.encode_prompt(tasks.format_prompt(problem))
+    completion = tokenizer.encode(tasks.format_completion(steps, answer)) + [tokenizer.eos_id]
+    return Example(prompt + completion, len(prompt))
+
+
+def make_examples(tokenizer, problems, fine=False):
+    examples = []
+    for problem in problems:
+        steps, answer = tasks.solve(problem, fine)
+        examples.append(make_example(tokenizer, problem, steps, answer))
+    return examples
+
+
+def collate(examples, pad_id, device):
+    """-> inputs (B, T), targets (B, T) with -1 where no loss is taken (prompt and padding)."""
+    T = max(len(ex.tokens) for ex in examples) - 1
+    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), T), -1, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        seq = torch.tensor(ex.tokens, dtype=torch.long)
+        n = len(ex.tokens) - 1
+        inputs[row, :n] = seq[:-1]
+        targets[row, ex.prompt_length - 1:n] = seq[ex.prompt_length:]  # predict the completion only
+    return inputs.to(device), targets.to(device)
+
+
+def batches(examples, batch_size, seed, bucket_batches=16):
+    """An endless stream of length-bucketed batches (lists of Examples), reproducible from seed."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        chunk_size = batch_size * bucket_batches
+        for start in range(0, len(order) - batch_size + 1, chunk_size):
+            chunk = sorted(order[start:start + chunk_size], key=lambda i: len(examples[i].tokens))
+            chunk_batches = [chunk[k:k + batch_size] for k in range(0, len(chunk) - batch_size + 1, batch_size)]
+            rng.shuffle(chunk_batches)
+            for batch in chunk_batches:
+                yield [examples[i] for i in batch]

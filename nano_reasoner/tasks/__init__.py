@@ -1,0 +1,58 @@
+"""
+The toy reasoning tasks: problems whose every step can be checked exactly.
+
+Two tasks, one file each: `arith.py` (evaluate an expression one operation per step) and `countdown.py` (combine
+numbers to reach a target). `trace.py` holds the trace format they share and its parser; `expr.py` the safe parser of
+integer expressions that both use instead of eval. This file routes a task name to its module, so callers write
+`tasks.verify(problem, completion)` whatever the task.
+
+Each task module offers the same functions:
+    generate(n, seed, difficulties) -> [Problem]      seeded problem generator by difficulty
+    parse_problem(text) -> Problem                     a problem a person typed, or ProblemError with the fix
+    solve(problem, fine) -> (steps, answer)            the exact chain of thought
+    verify(problem, completion) -> Verdict             the exact verifier of model output (never raises)
+    step_labels(problem, steps) -> [bool]              exact step labels (is the prefix still sound)
+    corrupt(problem, rng, fine) -> (steps, answer, i)  a trace with one wrong step i and a consistent continuation
+"""
+from nano_reasoner.tasks import arith, countdown
+from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Problem, ProblemError, Verdict,
+                                       format_completion, format_prompt, parse_completion)
+
+TASKS = {"arith": arith, "countdown": countdown}
+
+
+def module(task):
+    if task not in TASKS:
+        raise ProblemError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def generate(task, n, seed, difficulties=None):
+    task_module = module(task)
+    return task_module.generate(n, seed, difficulties or task_module.DIFFICULTIES)
+
+
+def parse_problem(task, text):
+    return module(task).parse_problem(text)
+
+
+def solve(problem, fine=False):
+    return module(problem.task).solve(problem, fine)
+
+
+def verify(problem, completion):
+    return module(problem.task).verify(problem, completion)
+
+
+def step_labels(problem, steps):
+    return module(problem.task).step_labels(problem, steps)
+
+
+def corrupt(problem, rng, fine=False):
+    return module(problem.task).corrupt(problem, rng, fine)
+
+
+def full_trace(problem, fine=False):
+    """Prompt + completion text of the exact solution (without the end-of-sequence token)."""
+    steps, answer = solve(problem, fine)
+    return format_prompt(problem) + format_completion(steps, answer)

@@ -1,0 +1,92 @@
+"""
+The chain-of-thought trace format shared by every task, and its never-crashing parser.
+
+A reasoning model first thinks, then answers (DeepSeek-R1, arXiv 2501.12948, puts the thinking between `<think>`
+and `</think>` and rewards that format). Here a trace is plain text, one reasoning step per line:
+
+    arith: 7+38*2-15            <- prompt: task tag, problem
+    <think>                     <- prompt ends here; the model writes the rest
+    38*2=76;7+76-15             <- step: one operation, then the state it leaves
+    7+76=83;83-15
+    83-15=68;68
+    </think>
+    68                          <- the final answer, then the end-of-sequence token
+
+Exact bytes: prompt = f"{task}: {problem}\\n<think>\\n"; completion = "".join(step + "\\n" for each step) +
+"</think>\\n" + answer. The tokenizer adds an end-of-sequence token after the answer. A step is everything up to a
+newline, so step-level search can stop the sampler at the newline token; a step holds no newline and no `<think>`.
+
+Each task file (arith.py, countdown.py) says what a step line holds for that task.
+"""
+from dataclasses import dataclass, field
+
+THINK = "<think>"
+END_THINK = "</think>"
+MAX_COMPLETION_CHARS = 20_000   # longer output is rejected before it is split into lines
+
+
+@dataclass(frozen=True)
+class Problem:
+    task: str            # "arith" | "countdown"
+    text: str            # exactly as a person types it: "7+38*2-15", "3 7 25 19 -> 63"
+    difficulty: int      # arith: number of operations; countdown: how many numbers are given
+
+
+@dataclass
+class ParsedCompletion:
+    steps: list          # the step lines, in order (str)
+    answer: str | None   # the final answer line, None when missing
+    is_well_formed: bool # a `</think>` line, then one non-empty answer line, nothing after
+    reason: str          # why it is not well formed ("" when it is)
+
+
+@dataclass
+class Verdict:
+    is_correct: bool
+    answer: str | None           # the parsed final answer, None when there is none
+    reason: str                  # why it is wrong ("" when correct)
+    is_well_formed: bool
+    step_ok: list = field(default_factory=list)  # per step: is the prefix up to and including it still sound
+
+
+def format_prompt(problem):
+    return f"{problem.task}: {problem.text}\n{THINK}\n"
+
+
+def format_completion(steps, answer):
+    return "".join(step + "\n" for step in steps) + f"{END_THINK}\n{answer}"
+
+
+def to_text(data):
+    """Untrusted model output may arrive as bytes that are not UTF-8; make it text without raising."""
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data).decode("utf-8", errors="replace")
+    if not isinstance(data, str):
+        return ""
+    return data
+
+
+def parse_completion(completion):
+    """Split what the model wrote after the prompt into steps and the answer. Never raises."""
+    text = to_text(completion)
+    if len(text) > MAX_COMPLETION_CHARS:
+        return ParsedCompletion([], None, False, f"output longer than {MAX_COMPLETION_CHARS} characters")
+    lines = text.split("\n")
+    if END_THINK not in lines:
+        steps = [line for line in lines if line]
+        return ParsedCompletion(steps, None, False, f"no '{END_THINK}' line: the thinking never ended")
+    end = lines.index(END_THINK)
+    steps = lines[:end]
+    after = [line for line in lines[end + 1:] if line.strip()]
+    if not after:
+        return ParsedCompletion(steps, None, False, f"nothing after '{END_THINK}': no final answer")
+    answer = after[0].strip()
+    if len(after) > 1:
+        return ParsedCompletion(steps, answer, False, "more than one line after the final answer")
+    if any(THINK in step or END_THINK in step for step in steps):
+        return ParsedCompletion(steps, answer, False, "a step holds a think tag")
+    return ParsedCompletion(steps, answer, True, "")
+
+
+class ProblemError(ValueError):
+    """A problem a person typed is not one of the task's problems; str(error) says what is wrong."""

@@ -1,0 +1,255 @@
+"""
+Pre-train the policy: next-token prediction on exact chain-of-thought traces of both tasks.
+
+    python train_pretrain.py --preset tiny --out runs/tiny/pretrain
+
+Recipe: generate problems -> write their exact traces -> train the tokenizer (if the run has none) -> train a GPT on
+the completions (AdamW, warmup + cosine, gradient clipping, bf16 autocast on CUDA) -> greedy accuracy by task and
+difficulty on held-out problems, during and after training. Writes to --out: tokenizer.model, ckpt.pt (+ .json),
+config.json, metrics.jsonl, pretrain.png and a section of report.md (in the parent folder of --out).
+Resume after a stop with --resume (same flags): it continues from --out/ckpt.pt to the same result.
+"""
+import argparse
+import os
+import signal
+import time
+
+import torch
+
+from nano_reasoner import tasks
+from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, CheckpointError
+from nano_reasoner.cli import UserError, autocast, cosine_lr, parse_range, pick_device, run_main
+from nano_reasoner.data import batches, collate, make_examples
+from nano_reasoner.evaluate import greedy_accuracy
+from nano_reasoner.model import GPT, GPTConfig, configure_optimizer
+from nano_reasoner.report import MetricsLogger, markdown_table, plot_panels, progress_line, write_json, write_report_section
+from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
+
+PRESETS = {
+    #        layers, embd, heads, block, batch, steps, lr, problems per task
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=64, steps=1500, lr=3e-3, train_problems=40000),
+    "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000),
+    "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, default="tiny", help="sizes: tiny (CPU, 0.8M params), small, base (GPU)")
+    parser.add_argument("--out", default="runs/tiny/pretrain", help="run folder (default runs/tiny/pretrain)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
+    # model
+    parser.add_argument("--n-layer", type=int, help="transformer blocks (preset)")
+    parser.add_argument("--n-embd", type=int, help="width (preset)")
+    parser.add_argument("--n-head", type=int, help="attention heads (preset)")
+    parser.add_argument("--block-size", type=int, help="context length in tokens (preset)")
+    # data
+    parser.add_argument("--train-problems", type=int, help="distinct training problems per task (preset)")
+    parser.add_argument("--arith-difficulties", default="1-6", help="operations per arith training problem (default 1-6)")
+    parser.add_argument("--countdown-difficulties", default="3-4", help="numbers per countdown training problem (default 3-4)")
+    parser.add_argument("--granularity", choices=("fine", "coarse"), default="fine",
+                        help="arith traces: fine works multi-digit products through partial products (default fine)")
+    # optimization
+    parser.add_argument("--steps", type=int, help="optimizer steps (preset)")
+    parser.add_argument("--batch-size", type=int, help="sequences per step (preset)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (preset)")
+    parser.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
+    # evaluation and output
+    parser.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations (default 250)")
+    parser.add_argument("--eval-problems", type=int, default=500, help="held-out problems per task at the end (default 500)")
+    parser.add_argument("--log-every", type=int, default=25, help="steps between progress lines (default 25)")
+    parser.add_argument("--save-every", type=int, default=250, help="steps between checkpoints (default 250)")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of everything (default 1337)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("steps", "batch_size", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
+        if getattr(args, key) <= 0:
+            raise UserError(f"--{key.replace('_', '-')} must be positive")
+    if args.n_embd % args.n_head or (args.n_embd // args.n_head) % 2:
+        raise UserError("--n-embd must be a multiple of 2 * --n-head (RoPE needs an even head size)")
+    if not args.lr > 0:
+        raise UserError("--lr must be positive")
+    return args
+
+
+EVAL_DIFFICULTIES = {"arith": (1, 2, 3, 4), "countdown": (3, 4)}  # what the headline numbers are measured on
+
+
+def held_out_problems(n, seed):
+    """The held-out evaluation problems (seeded apart from training), per task."""
+    return {task: tasks.generate(task, n, seed=seed + 10_000 + i, difficulties=EVAL_DIFFICULTIES[task])
+            for i, task in enumerate(tasks.TASKS)}
+
+
+def training_problems(args, held_out):
+    """Distinct training problems per task, none of them in the held-out set."""
+    held_out_texts = {p.text for problems in held_out.values() for p in problems}
+    difficulties = {"arith": parse_range(args.arith_difficulties, "--arith-difficulties"),
+                    "countdown": parse_range(args.countdown_difficulties, "--countdown-difficulties")}
+    for task, values in difficulties.items():
+        allowed = tasks.module(task).DIFFICULTIES
+        if not set(values) <= set(allowed):
+            raise UserError(f"--{task}-difficulties {values}: {task} difficulties lie in {allowed[0]}-{allowed[-1]}")
+    problems = []
+    for i, task in enumerate(tasks.TASKS):
+        seen = set()
+        for p in tasks.generate(task, int(args.train_problems * 1.1) + 100, seed=args.seed + i, difficulties=difficulties[task]):
+            if p.text not in seen and p.text not in held_out_texts and len(seen) < args.train_problems:
+                seen.add(p.text)
+                problems.append(p)
+    return problems
+
+
+def evaluate_all(model, tokenizer, problems_by_task):
+    """Greedy accuracy -> {task: {"all": acc, difficulty: acc}}, and one example attempt per task."""
+    model.eval()
+    accuracy, examples = {}, {}
+    for task, problems in problems_by_task.items():
+        accuracy[task], attempts = greedy_accuracy(model, tokenizer, problems)
+        examples[task] = attempts[0][0]
+    model.train()
+    return accuracy, examples
+
+
+def main():
+    args = parse_args()
+    device = pick_device(args.device, args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "ckpt.pt")
+    if os.path.exists(ckpt_path) and not args.resume:
+        raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+
+    # data: held-out problems first, so training never sees them
+    t_data = time.time()
+    eval_small = held_out_problems(100, args.seed)
+    eval_final = held_out_problems(args.eval_problems, args.seed)
+    train = training_problems(args, eval_final)
+    fine = args.granularity == "fine"
+    tokenizer_path = os.path.join(args.out, "tokenizer.model")
+    if os.path.exists(tokenizer_path):
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+    else:
+        tokenizer = train_tokenizer([tasks.full_trace(p, fine) for p in train[::10]], tokenizer_path)
+    examples = make_examples(tokenizer, train, fine)
+    too_long = sum(len(ex.tokens) > args.block_size for ex in examples)
+    examples = [ex for ex in examples if len(ex.tokens) <= args.block_size]
+    n_tokens = sum(len(ex.tokens) for ex in examples)
+    print(f"data: {len(examples)} traces ({n_tokens / len(examples):.0f} tokens on average, {too_long} longer than "
+          f"the context dropped), vocab {tokenizer.vocab_size}, {time.time() - t_data:.1f}s")
+
+    # model and optimizer
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                       n_head=args.n_head, n_embd=args.n_embd)
+    model = GPT(config).to(device)
+    optimizer = configure_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layer} layers, width {args.n_embd}, device {device}")
+    step = 0
+    metrics = MetricsLogger(args.out)
+    if args.resume and os.path.exists(ckpt_path):
+        try:
+            ckpt = load_checkpoint(ckpt_path, expected_kind="policy")
+        except CheckpointError as error:
+            raise UserError(str(error)) from None
+        if ckpt["tokenizer_sha256"] != tokenizer.sha256 or ckpt["model_config"] != vars(config):
+            raise UserError(f"{ckpt_path} was made with other settings: resume with the flags of that run")
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        restore_rng_state(ckpt["rng_state"])
+        step = ckpt["step"]
+        metrics.truncate_after(step)
+        print(f"resumed from {ckpt_path} at step {step}")
+    write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": vars(config),
+                                                       "params": model.num_params()})
+
+    def save(at_step):
+        save_checkpoint(ckpt_path, kind="policy", model_state=model.state_dict(), model_config=vars(config),
+                        tokenizer_bytes=tokenizer.model_bytes, step=at_step, args=vars(args),
+                        optimizer_state=optimizer.state_dict(), rng_state=capture_rng_state())
+
+    # the batch stream is a pure function of the seed, so a resumed run skips the batches it already took
+    stream = batches(examples, args.batch_size, seed=args.seed)
+    for _ in range(step):
+        next(stream)
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+    signal.signal(signal.SIGINT, on_sigint)
+
+    model.train()
+    t_start, tokens_seen, t_window = time.time(), 0, time.time()
+    while step < args.steps and not interrupted:
+        lr = cosine_lr(step, args.steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inputs, targets = collate(next(stream), tokenizer.pad_id, device)
+        with autocast(device):
+            _, loss = model(inputs, targets)
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {loss.item()} at step {step}: lower --lr; the last good checkpoint "
+                            f"is {ckpt_path}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        step += 1
+        tokens_seen += inputs.numel()
+        if step % args.log_every == 0 or step == args.steps:
+            tok_s = tokens_seen / (time.time() - t_window)
+            print(progress_line(step, args.steps, time.time() - t_start, loss=loss.item(), lr=lr, tok_s=tok_s), flush=True)
+            metrics.log(step=step, loss=loss.item(), lr=lr, tok_s=tok_s)
+            tokens_seen, t_window = 0, time.time()
+        if step % args.eval_every == 0 and step < args.steps:
+            accuracy, _ = evaluate_all(model, tokenizer, eval_small)
+            metrics.log(step=step, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
+            print(f"eval step {step} | " + " | ".join(f"{task} {acc['all']:.1%}" for task, acc in accuracy.items()), flush=True)
+            t_window, tokens_seen = time.time(), 0
+        if step % args.save_every == 0:
+            save(step)
+    save(step)
+    train_seconds = time.time() - t_start
+    if interrupted:
+        print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume")
+        return
+
+    # final evaluation on the held-out problems
+    t_eval = time.time()
+    accuracy, examples_shown = evaluate_all(model, tokenizer, eval_final)
+    metrics.log(step=step, final=True, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
+    print(f"final greedy accuracy on {args.eval_problems} held-out problems per task ({time.time() - t_eval:.0f}s):")
+    rows = []
+    for task, acc in accuracy.items():
+        by_difficulty = ", ".join(f"{d}: {acc[d]:.1%}" for d in EVAL_DIFFICULTIES[task])
+        print(f"  {task}: {acc['all']:.1%} ({by_difficulty})")
+        rows.append([task, f"{acc['all']:.1%}", by_difficulty])
+    write_json(os.path.join(args.out, "eval.json"), {task: {str(k): v for k, v in acc.items()} for task, acc in accuracy.items()})
+
+    history = [m for m in metrics.read() if "loss" in m]
+    evals = [m for m in metrics.read() if "arith_acc" in m]
+    plot_panels(os.path.join(args.out, "pretrain.png"), [
+        {"title": "training loss (completion tokens)", "xlabel": "step", "ylabel": "loss",
+         "series": {"loss": ([m["step"] for m in history], [m["loss"] for m in history])}},
+        {"title": "greedy accuracy, held-out", "xlabel": "step", "ylabel": "accuracy",
+         "series": {task: ([m["step"] for m in evals], [m[f"{task}_acc"] for m in evals]) for task in tasks.TASKS}},
+    ], title=f"pre-training ({args.preset}, {model.num_params() / 1e6:.2f}M params)")
+    example_text = "\n\n".join(f"{ex.problem.task}: {ex.problem.text}\n{ex.completion}\n-> {'correct' if ex.verdict.is_correct else ex.verdict.reason}"
+                               for ex in examples_shown.values())
+    write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), "pretrain", "\n".join([
+        f"## Pre-training ({args.preset})", "",
+        f"{model.num_params() / 1e6:.2f}M parameters, {args.steps} steps of {args.batch_size} traces, "
+        f"{train_seconds / 60:.1f} min on {device}. Greedy accuracy on {args.eval_problems} held-out problems per task:", "",
+        markdown_table(["task", "accuracy", "by difficulty"], rows), "",
+        f"![pre-training]({os.path.basename(os.path.abspath(args.out))}/pretrain.png)", "", "Example greedy outputs:", "", "```", example_text, "```", ""]))
+    print(f"wrote {ckpt_path}, {args.out}/pretrain.png, report.md ({train_seconds / 60:.1f} min of training)")
+
+
+if __name__ == "__main__":
+    run_main(main)
