@@ -12,6 +12,7 @@ Resume after a stop with --resume (same flags): it continues from --out/ckpt.pt 
 import argparse
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -27,7 +28,7 @@ from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 
 PRESETS = {
     #        layers, embd, heads, block, batch, steps, lr, problems per task
-    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=64, steps=1500, lr=3e-3, train_problems=40000),
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=64, steps=2000, lr=2e-3, train_problems=40000),
     "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000),
     "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000),
 }
@@ -45,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--block-size", type=int, help="context length in tokens (preset)")
     # data
     parser.add_argument("--train-problems", type=int, help="distinct training problems per task (preset)")
-    parser.add_argument("--arith-difficulties", default="1-6", help="operations per arith training problem (default 1-6)")
+    parser.add_argument("--arith-difficulties", default="1-5", help="operations per arith training problem (default 1-5)")
     parser.add_argument("--countdown-difficulties", default="3-4", help="numbers per countdown training problem (default 3-4)")
     parser.add_argument("--granularity", choices=("fine", "coarse"), default="fine",
                         help="arith traces: fine works multi-digit products through partial products (default fine)")
@@ -73,8 +74,15 @@ def parse_args(argv=None):
             raise UserError(f"--{key.replace('_', '-')} must be positive")
     if args.n_embd % args.n_head or (args.n_embd // args.n_head) % 2:
         raise UserError("--n-embd must be a multiple of 2 * --n-head (RoPE needs an even head size)")
-    if not args.lr > 0:
-        raise UserError("--lr must be positive")
+    # chained comparisons refuse nan and inf too (every comparison with nan is False)
+    if not 0 < args.lr < float("inf"):
+        raise UserError("--lr must be a positive number")
+    if not 0 < args.grad_clip < float("inf"):
+        raise UserError("--grad-clip must be a positive number")
+    if not 0 <= args.weight_decay < float("inf"):
+        raise UserError("--weight-decay must be a number >= 0")
+    if args.warmup < 0:
+        raise UserError("--warmup must be >= 0")
     return args
 
 
@@ -121,10 +129,23 @@ def main():
     args = parse_args()
     device = pick_device(args.device, args.threads)
     torch.manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file: give a folder for the run")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create --out {args.out} ({error.strerror}): choose another folder") from None
     ckpt_path = os.path.join(args.out, "ckpt.pt")
     if os.path.exists(ckpt_path) and not args.resume:
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    ckpt = None
+    if args.resume and os.path.exists(ckpt_path):  # read it before the data work, so a bad one fails at once
+        try:
+            ckpt = load_checkpoint(ckpt_path, expected_kind="policy")
+        except CheckpointError as error:
+            raise UserError(str(error)) from None
+        if ckpt["optimizer_state"] is None or ckpt["rng_state"] is None:
+            raise UserError(f"{ckpt_path} holds no optimizer or RNG state, so it cannot be resumed: choose another --out")
 
     # data: held-out problems first, so training never sees them
     t_data = time.time()
@@ -137,9 +158,17 @@ def main():
         tokenizer = Tokenizer.from_file(tokenizer_path)
     else:
         tokenizer = train_tokenizer([tasks.full_trace(p, fine) for p in train[::10]], tokenizer_path)
-    examples = make_examples(tokenizer, train, fine)
+    try:
+        examples = make_examples(tokenizer, train, fine)
+    except ValueError as error:
+        raise UserError(f"{tokenizer_path} cannot encode the training traces ({error}): delete it, or choose "
+                        f"another --out") from None
     too_long = sum(len(ex.tokens) > args.block_size for ex in examples)
     examples = [ex for ex in examples if len(ex.tokens) <= args.block_size]
+    if len(examples) < args.batch_size:  # the batch stream would wait forever for a first full batch
+        raise UserError(f"only {len(examples)} training traces fit in --block-size {args.block_size} ({too_long} are "
+                        f"longer), fewer than one batch of {args.batch_size}: raise --block-size or --train-problems, "
+                        f"or lower --batch-size")
     n_tokens = sum(len(ex.tokens) for ex in examples)
     print(f"data: {len(examples)} traces ({n_tokens / len(examples):.0f} tokens on average, {too_long} longer than "
           f"the context dropped), vocab {tokenizer.vocab_size}, {time.time() - t_data:.1f}s")
@@ -152,23 +181,27 @@ def main():
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layer} layers, width {args.n_embd}, device {device}")
     step = 0
     metrics = MetricsLogger(args.out)
-    if args.resume and os.path.exists(ckpt_path):
-        try:
-            ckpt = load_checkpoint(ckpt_path, expected_kind="policy")
-        except CheckpointError as error:
-            raise UserError(str(error)) from None
+    if ckpt is not None:
         if ckpt["tokenizer_sha256"] != tokenizer.sha256 or ckpt["model_config"] != vars(config):
             raise UserError(f"{ckpt_path} was made with other settings: resume with the flags of that run")
         model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         restore_rng_state(ckpt["rng_state"])
         step = ckpt["step"]
-        metrics.truncate_after(step)
         print(f"resumed from {ckpt_path} at step {step}")
+    # drop what a killed attempt logged after its checkpoint (or, starting afresh, all it logged): no step twice
+    metrics.truncate_after(step)
     write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": vars(config),
                                                        "params": model.num_params()})
 
+    def stop_diverged(what):
+        kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was saved"
+        return UserError(f"{what}: lower --lr (now {args.lr}); {kept}")
+
     def save(at_step):
+        # a step can blow the weights up to inf/nan while its loss was still finite: never save such weights
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise stop_diverged(f"the weights became inf or nan by step {at_step}")
         save_checkpoint(ckpt_path, kind="policy", model_state=model.state_dict(), model_config=vars(config),
                         tokenizer_bytes=tokenizer.model_bytes, step=at_step, args=vars(args),
                         optimizer_state=optimizer.state_dict(), rng_state=capture_rng_state())
@@ -194,8 +227,7 @@ def main():
         with autocast(device):
             _, loss = model(inputs, targets)
         if not torch.isfinite(loss):
-            raise UserError(f"the loss became {loss.item()} at step {step}: lower --lr; the last good checkpoint "
-                            f"is {ckpt_path}")
+            raise stop_diverged(f"the loss became {loss.item()} at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -217,8 +249,8 @@ def main():
     save(step)
     train_seconds = time.time() - t_start
     if interrupted:
-        print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume")
-        return
+        print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume", file=sys.stderr)
+        sys.exit(130)  # the shell's code for Ctrl-C, so a pipeline stops here instead of going on to the next stage
 
     # final evaluation on the held-out problems
     t_eval = time.time()
@@ -227,7 +259,8 @@ def main():
     print(f"final greedy accuracy on {args.eval_problems} held-out problems per task ({time.time() - t_eval:.0f}s):")
     rows = []
     for task, acc in accuracy.items():
-        by_difficulty = ", ".join(f"{d}: {acc[d]:.1%}" for d in EVAL_DIFFICULTIES[task])
+        # `if d in acc`: a small --eval-problems sample may hold no problem of some difficulty
+        by_difficulty = ", ".join(f"{d}: {acc[d]:.1%}" for d in EVAL_DIFFICULTIES[task] if d in acc)
         print(f"  {task}: {acc['all']:.1%} ({by_difficulty})")
         rows.append([task, f"{acc['all']:.1%}", by_difficulty])
     write_json(os.path.join(args.out, "eval.json"), {task: {str(k): v for k, v in acc.items()} for task, acc in accuracy.items()})

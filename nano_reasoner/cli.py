@@ -37,6 +37,8 @@ def pick_device(name="auto", threads=None):
         raise UserError("--device cuda but no CUDA GPU is visible: use --device cpu")
     if name not in ("cpu", "cuda"):
         raise UserError(f"--device {name!r}: use auto, cpu or cuda")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads {threads}: give a positive number of CPU threads")
     if name == "cpu":
         torch.set_num_threads(threads or os.cpu_count() or 1)
     return torch.device(name)
@@ -49,13 +51,19 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+MAX_RANGE_VALUES = 1000  # a range is a handful of difficulties; '1-1000000000' would otherwise fill the memory
+
+
 def parse_range(text, flag):
     """'1-4' -> (1, 2, 3, 4); '3' -> (3,); '1,3' -> (1, 3)."""
     try:
         values = []
         for part in text.split(","):
             low, _, high = part.partition("-")
-            values.extend(range(int(low), int(high or low) + 1))
+            values_in_part = range(int(low), int(high or low) + 1)
+            if len(values) + len(values_in_part) > MAX_RANGE_VALUES:
+                raise UserError(f"{flag} {text!r} holds more than {MAX_RANGE_VALUES} values: give a short range such as 1-4")
+            values.extend(values_in_part)
     except ValueError:
         raise UserError(f"{flag} {text!r}: give a range such as 1-4 or a list such as 1,3") from None
     if not values:
@@ -73,13 +81,20 @@ def load_policy(path, device, expected_kind="policy"):
         ckpt = load_checkpoint(path, expected_kind=expected_kind)
     except CheckpointError as error:
         raise UserError(str(error)) from None
-    model = GPT(GPTConfig(**ckpt["model_config"]))
     try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model_state"])
-    except RuntimeError:
+    except Exception:  # a damaged config can fail anywhere in GPT's constructor; the fix is the same
         raise UserError(f"{path}: the weights do not match the model config stored with them (corrupt checkpoint)") from None
+    try:
+        tokenizer = Tokenizer(ckpt["tokenizer_bytes"])
+    except (RuntimeError, OSError):  # SentencePiece raises RuntimeError on bytes that are not a model
+        raise UserError(f"{path}: the tokenizer stored in it is not a SentencePiece model (corrupt checkpoint)") from None
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                        f"{model.config.vocab_size}: the checkpoint was saved with the wrong tokenizer")
     model.to(device).eval()
-    return model, Tokenizer(ckpt["tokenizer_bytes"]), ckpt
+    return model, tokenizer, ckpt
 
 
 def cosine_lr(step, total_steps, peak_lr, warmup_steps, min_lr_frac=0.1):

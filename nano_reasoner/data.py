@@ -52,7 +52,7 @@ def collate(examples, pad_id, device):
     return inputs.to(device), targets.to(device)
 
 
-def batches(examples, batch_size, seed, bucket_batches=16):
+def batches(examples, batch_size, seed, bucket_batches=4):
     """An endless stream of length-bucketed batches (lists of Examples), reproducible from seed."""
     rng = random.Random(seed)
     order = list(range(len(examples)))

@@ -198,7 +198,7 @@ def _write_steps(numbers, solution):
 
 def check_step(numbers, line):
     """Is `line` a legal step from the numbers left? -> (is_legal, reason, numbers_after). Never raises."""
-    if line.count(";") != 1 or line.count("=") != 1:
+    if line.count(";") != 1 or line.count("=") != 1 or line.index("=") > line.index(";"):
         return False, "a step is 'a op b=c;numbers left'", None
     equation, left_text = line.split(";")
     lhs, rhs = equation.split("=")

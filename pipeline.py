@@ -1,0 +1,62 @@
+"""
+Run every stage end to end: pre-training -> verifiers -> reinforcement learning -> test-time scaling.
+
+    python pipeline.py --preset tiny            # the whole story on a laptop CPU, into runs/tiny/
+
+Each stage is its own script (run them by hand to change a flag); this file only calls them in order, each reading
+the previous stage's checkpoint from runs/<preset>/<stage>/ckpt.pt. A stage whose checkpoint already exists is
+skipped, so an interrupted pipeline picks up where it stopped (--fresh starts over). The stages' sections of
+runs/<preset>/report.md tell the story with its numbers and plots.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+
+def stages(preset, run_dir):
+    """(name, command, the file that marks the stage done). Stages whose script is absent are left out."""
+    pretrain = os.path.join(run_dir, "pretrain", "ckpt.pt")
+    prm = os.path.join(run_dir, "prm", "ckpt.pt")
+    planned = [
+        ("pretrain", ["train_pretrain.py", "--preset", preset, "--out", os.path.dirname(pretrain)], pretrain),
+        ("prm", ["train_prm.py", "--preset", preset, "--policy", pretrain, "--out", os.path.dirname(prm)], prm),
+        ("rl", ["train_rl.py", "--preset", preset, "--init", pretrain, "--out", os.path.join(run_dir, "rl")],
+         os.path.join(run_dir, "rl", "ckpt.pt")),
+        ("scaling", ["infer.py", "--scaling", "--preset", preset, "--ckpt", pretrain, "--verifier", prm,
+                     "--out", os.path.join(run_dir, "scaling")], os.path.join(run_dir, "scaling", "scaling.json")),
+    ]
+    return [stage for stage in planned if os.path.exists(stage[1][0])]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=("tiny", "small", "base"), default="tiny", help="sizes (default tiny, CPU)")
+    parser.add_argument("--runs", default="runs", help="parent folder of the run (default runs)")
+    parser.add_argument("--fresh", action="store_true", help="delete runs/<preset>/ first and redo every stage")
+    args = parser.parse_args()
+    run_dir = os.path.join(args.runs, args.preset)
+    if args.fresh and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    timings = []
+    for name, command, done_marker in stages(args.preset, run_dir):
+        if os.path.exists(done_marker):
+            print(f"== {name}: done already ({done_marker}), skipped")
+            continue
+        print(f"== {name}: python {' '.join(command)}", flush=True)
+        t_start = time.time()
+        result = subprocess.run([sys.executable] + command)
+        if result.returncode != 0:
+            print(f"pipeline stopped: stage {name} failed (exit {result.returncode}); fix it and run again, "
+                  f"finished stages are kept", file=sys.stderr)
+            sys.exit(result.returncode)
+        timings.append((name, time.time() - t_start))
+    for name, seconds in timings:
+        print(f"{name}: {seconds / 60:.1f} min")
+    print(f"report: {os.path.join(run_dir, 'report.md')}")
+
+
+if __name__ == "__main__":
+    main()
