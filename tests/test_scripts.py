@@ -1,0 +1,300 @@
+"""
+Every script meets bad input with one clear line on stderr, a non-zero exit code, no traceback, and no file written
+over.
+
+The bad inputs are a table (CASES): unknown flags, wrong types, missing, corrupt, malicious or wrong-kind checkpoints,
+a tokenizer that does not match, problems the tokenizer cannot encode or the context cannot hold, bad problems, bad
+problem files. Starting Python and torch costs more than a second, so the table runs in ONE child process that runs
+each script as `__main__` (runpy) with its own argv and captures what it prints, its exit code, any exception that
+escapes (which a real run would print as a traceback) and every file of the work folder before and after. Two cases
+also run as plain separate processes and must print exactly the same, which shows the two routes agree.
+
+    PYTHONPATH=. python tests/test_scripts.py   # prints the table of docs/bad_inputs.md from a fresh run
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nano_reasoner import tasks
+from nano_reasoner.checkpoint import capture_rng_state, save_checkpoint
+from nano_reasoner.model import GPT, GPTConfig
+from nano_reasoner.tokenizer import train_tokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_RUN = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--steps", "2", "--batch-size", "4",
+            "--train-problems", "30", "--eval-problems", "2", "--threads", "1"]
+POLICY = ["--ckpt", "policy.pt", "--threads", "1"]
+ARITH = POLICY + ["--task", "arith"]
+
+# (name, script, argv, what the last line of stderr must hold). Paths are relative to the work folder that
+# `workspace` fills: policy.pt, prm.pt, problems files, a run folder that already holds a checkpoint...
+CASES = [
+    # --- infer.py: flags
+    ("unknown flag", "infer.py", ARITH + ["--bogus", "7+3"], "unrecognized arguments: --bogus"),
+    ("flag of the wrong type", "infer.py", ARITH + ["--temperature", "warm", "7+3"], "invalid float value: 'warm'"),
+    ("temperature nan", "infer.py", ARITH + ["--temperature", "nan", "7+3"], "--temperature"),
+    ("negative temperature", "infer.py", ARITH + ["--temperature", "-1", "7+3"], "--temperature"),
+    ("zero budget", "infer.py", ARITH + ["--budget", "0", "7+3"], "--budget"),
+    ("negative threads", "infer.py", ARITH + ["--threads", "-1", "7+3"], "--threads -1: give a positive number"),
+    ("unknown device", "infer.py", ARITH + ["--device", "tpu", "7+3"], "use auto, cpu or cuda"),
+    ("unknown task", "infer.py", POLICY + ["--task", "chess", "7+3"], "invalid choice: 'chess'"),
+    ("no task", "infer.py", POLICY + ["7+3"], "--task is required"),
+    ("problem and --problems", "infer.py", ARITH + ["--problems", "good.jsonl", "7+3"], "not both or neither"),
+    ("neither problem nor --problems", "infer.py", ARITH, "not both or neither"),
+    ("--out without --problems", "infer.py", ARITH + ["--out", "out.jsonl", "7+3"], "--out goes with --problems"),
+    ("strategy that needs a verifier, none given", "infer.py", ARITH + ["--strategy", "bon", "7+3"], "needs a verifier"),
+    # --- infer.py: checkpoints
+    ("missing checkpoint", "infer.py", ["--ckpt", "nope.pt", "--task", "arith", "7+3"], "no checkpoint at nope.pt"),
+    ("checkpoint path is a folder", "infer.py", ["--ckpt", "run", "--task", "arith", "7+3"], "is a folder"),
+    ("empty checkpoint file", "infer.py", ["--ckpt", "empty.pt", "--task", "arith", "7+3"], "cannot read empty.pt"),
+    ("checkpoint of random bytes", "infer.py", ["--ckpt", "random.pt", "--task", "arith", "7+3"], "cannot read random.pt"),
+    ("truncated checkpoint", "infer.py", ["--ckpt", "truncated.pt", "--task", "arith", "7+3"], "truncated or corrupt"),
+    ("pickle that would run code", "infer.py", ["--ckpt", "evil.pt", "--task", "arith", "7+3"], "refusing to load evil.pt"),
+    ("checkpoint with a damaged field", "infer.py", ["--ckpt", "damaged.pt", "--task", "arith", "7+3"], "is damaged"),
+    ("checkpoint of the wrong kind (a PRM)", "infer.py", ["--ckpt", "prm.pt", "--task", "arith", "7+3"],
+     "holds a prm checkpoint, expected policy"),
+    ("tokenizer bytes that fail their checksum", "infer.py", ["--ckpt", "bad_sha.pt", "--task", "arith", "7+3"],
+     "do not match their stored sha256"),
+    ("tokenizer larger than the model's vocabulary", "infer.py", ["--ckpt", "small_vocab.pt", "--task", "arith", "7+3"],
+     "saved with the wrong tokenizer"),
+    ("policy given as the verifier", "infer.py", ARITH + ["--strategy", "bon", "--verifier", "policy.pt", "7+3"],
+     "expected a verifier"),
+    ("verifier trained with another tokenizer", "infer.py",
+     ARITH + ["--strategy", "bon", "--verifier", "prm_other_tokenizer.pt", "7+3"], "another tokenizer"),
+    # --- infer.py: problems
+    ("problem the tokenizer cannot encode", "infer.py", ["--ckpt", "countdown_only.pt", "--task", "arith", "7+3"],
+     "characters the tokenizer does not know"),
+    ("prompt longer than the context", "infer.py", ARITH + ["+".join(["1"] * 40)], "too long for the model's 64-token context"),
+    ("incomplete expression", "infer.py", ARITH + ["7+"], "not an arith problem (expression ends too early)"),
+    ("empty problem", "infer.py", ARITH + [""], "empty problem"),
+    ("code as a problem", "infer.py", ARITH + ["__import__('os')"], "unexpected character '_'"),
+    ("countdown target not a number", "infer.py", POLICY + ["--task", "countdown", "3 7 -> x"], "must be whole numbers"),
+    ("countdown with too many numbers", "infer.py", POLICY + ["--task", "countdown", "1 2 3 4 5 6 7 -> 10"],
+     "give 2 to 6 numbers"),
+    ("missing problems file", "infer.py", ARITH + ["--problems", "nope.jsonl"], "no problems file at nope.jsonl"),
+    ("problems line that is not JSON", "infer.py", ARITH + ["--problems", "not_json.jsonl"], "not_json.jsonl:2: not a JSON"),
+    ("problems line without a string problem", "infer.py", ARITH + ["--problems", "not_string.jsonl"],
+     "not_string.jsonl:1: each line must be"),
+    ("problems line nested 100,000 deep", "infer.py", ARITH + ["--problems", "deep.jsonl"], "deep.jsonl:1:"),
+    ("problems line with a 5,000-digit number", "infer.py", ARITH + ["--problems", "huge_int.jsonl"], "huge_int.jsonl:1:"),
+    ("problems line with a bad problem", "infer.py", ARITH + ["--problems", "bad_problem.jsonl"],
+     "bad_problem.jsonl:2: not an arith problem"),
+    ("problems file of non-UTF-8 bytes", "infer.py", ARITH + ["--problems", "binary.jsonl"], "binary.jsonl:1:"),
+    ("empty problems file", "infer.py", ARITH + ["--problems", "empty.jsonl"], "holds no problems"),
+    ("--out is a folder", "infer.py", ARITH + ["--problems", "good.jsonl", "--out", "run"], "--out run is a folder"),
+    ("--out is the problems file", "infer.py", ARITH + ["--problems", "good.jsonl", "--out", "good.jsonl"],
+     "--out is the --problems file"),
+    ("--out in a missing folder", "infer.py", ARITH + ["--problems", "good.jsonl", "--out", "no/such/out.jsonl"],
+     "its folder does not exist"),
+    # --- train_pretrain.py: flags
+    ("unknown flag", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--bogus"], "unrecognized arguments: --bogus"),
+    ("flag of the wrong type", "train_pretrain.py", ["--out", "new", "--steps", "abc"], "invalid int value: 'abc'"),
+    ("unknown preset", "train_pretrain.py", ["--out", "new", "--preset", "huge"], "invalid choice: 'huge'"),
+    ("zero steps", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--steps", "0"], "--steps must be positive"),
+    ("learning rate nan", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--lr", "nan"], "--lr must be a positive"),
+    ("negative learning rate", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--lr", "-1"], "--lr must be a positive"),
+    ("negative gradient clip", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--grad-clip", "-1"],
+     "--grad-clip must be a positive"),
+    ("width not a multiple of 2 x heads", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--n-embd", "30", "--n-head", "4"],
+     "multiple of 2 * --n-head"),
+    ("difficulty out of range", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--arith-difficulties", "1-9"],
+     "arith difficulties lie in 1-6"),
+    ("difficulty that is not a range", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--arith-difficulties", "x"],
+     "give a range such as 1-4"),
+    ("range of a billion values", "train_pretrain.py",
+     ["--out", "new"] + TINY_RUN + ["--countdown-difficulties", "1-1000000000"], "holds more than 1000 values"),
+    ("negative threads", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--threads", "-1"], "--threads -1"),
+    ("cuda without a GPU", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--device", "cuda"], "no CUDA GPU"),
+    # --- train_pretrain.py: run folders and checkpoints
+    ("--out is a file", "train_pretrain.py", ["--out", "good.jsonl"] + TINY_RUN, "--out good.jsonl is a file"),
+    ("run folder that holds a checkpoint, no --resume", "train_pretrain.py", ["--out", "run"] + TINY_RUN,
+     "run/ckpt.pt exists: pass --resume"),
+    ("--resume from a corrupt checkpoint", "train_pretrain.py", ["--out", "run_corrupt", "--resume"] + TINY_RUN,
+     "cannot read run_corrupt/ckpt.pt"),
+    ("--resume from a PRM checkpoint", "train_pretrain.py", ["--out", "run_prm", "--resume"] + TINY_RUN,
+     "holds a prm checkpoint, expected policy"),
+    ("--resume from a pickle that would run code", "train_pretrain.py", ["--out", "run_evil", "--resume"] + TINY_RUN,
+     "refusing to load run_evil/ckpt.pt"),
+    ("--resume from a checkpoint with no optimizer state", "train_pretrain.py",
+     ["--out", "run_no_optimizer", "--resume"] + TINY_RUN, "cannot be resumed"),
+    ("--resume with another tokenizer in the folder", "train_pretrain.py",
+     ["--out", "run_other_tokenizer", "--resume"] + TINY_RUN, "was made with other settings"),
+    ("context too short for any trace", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--block-size", "8"],
+     "only 0 training traces fit in --block-size 8"),
+    ("fewer traces than one batch", "train_pretrain.py",
+     ["--out", "new"] + TINY_RUN + ["--train-problems", "3", "--batch-size", "64"], "fewer than one batch of 64"),
+]
+REAL_PROCESS_CASES = [("unknown flag", "train_pretrain.py"), ("pickle that would run code", "infer.py")]
+
+# runs every case in this one process; writes one result per case as JSON
+DRIVER = r"""
+import contextlib, hashlib, io, json, os, runpy, sys, traceback
+repo, cases_path, results_path = sys.argv[1:4]
+sys.path.insert(0, repo)
+
+def snapshot():
+    files = {}
+    for folder, _, names in os.walk("."):
+        for name in names:
+            path = os.path.normpath(os.path.join(folder, name))
+            with open(path, "rb") as f:
+                files[path] = hashlib.sha256(f.read()).hexdigest()
+    return files
+
+results = []
+for name, script, argv in json.load(open(cases_path)):
+    before, stdout, stderr, code = snapshot(), io.StringIO(), io.StringIO(), 0
+    sys.argv = [script] + argv
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(os.path.join(repo, script), run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = "escaped"
+    after = snapshot()
+    results.append({"name": name, "script": script, "code": code, "stderr": stderr.getvalue(),
+                    "changed": sorted(p for p in before if after.get(p) != before[p]),
+                    "created": sorted(p for p in after if p not in before)})
+json.dump(results, open(results_path, "w"))
+"""
+
+
+class RunsCodeWhenUnpickled:
+    """Unpickling this calls os.makedirs("code_ran"): the marker the tests look for."""
+
+    def __reduce__(self):
+        return (os.makedirs, ("code_ran",))
+
+
+def save_tiny(path, tokenizer_bytes, vocab_size, *, kind="policy", with_optimizer=False, **config_overrides):
+    """A 2-layer width-32 model with random weights: the scripts only need something of the right shape."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32,
+                       has_scalar_head=kind != "policy", **config_overrides)
+    model = GPT(config)
+    optimizer = torch.optim.AdamW(model.parameters()) if with_optimizer else None
+    save_checkpoint(str(path), kind=kind, model_state=model.state_dict(), model_config=vars(config),
+                    tokenizer_bytes=tokenizer_bytes, step=0, optimizer_state=optimizer and optimizer.state_dict(),
+                    rng_state=capture_rng_state() if with_optimizer else None)
+
+
+def edit_raw(path, change):
+    raw = torch.load(path, weights_only=True)
+    change(raw)
+    torch.save(raw, path)
+
+
+def make_workspace(work):
+    """Fill `work` with every file the cases name."""
+    problems = tasks.generate("arith", 150, seed=0) + tasks.generate("countdown", 150, seed=0, difficulties=(3, 4))
+    traces = [tasks.full_trace(p) for p in problems]
+    tokenizer = train_tokenizer(traces, str(work / "tok.model"))
+    other = train_tokenizer(traces[::2], str(work / "other.model"), vocab_size=48)
+    countdown_only = train_tokenizer([t for t in traces if t.startswith("countdown")], str(work / "countdown.model"))
+    assert tokenizer.sha256 != other.sha256
+    policy_bytes = tokenizer.model_bytes
+    save_tiny(work / "policy.pt", policy_bytes, tokenizer.vocab_size)
+    save_tiny(work / "prm.pt", policy_bytes, tokenizer.vocab_size, kind="prm")
+    save_tiny(work / "prm_other_tokenizer.pt", other.model_bytes, other.vocab_size, kind="prm")
+    save_tiny(work / "countdown_only.pt", countdown_only.model_bytes, countdown_only.vocab_size)
+    save_tiny(work / "small_vocab.pt", policy_bytes, 10)
+    for name, change in [("bad_sha.pt", lambda raw: raw.update(tokenizer_sha256="0" * 64)),
+                         ("damaged.pt", lambda raw: raw.update(model_config=[1, 2]))]:
+        save_tiny(work / name, policy_bytes, tokenizer.vocab_size)
+        edit_raw(work / name, change)
+    (work / "empty.pt").write_bytes(b"")
+    (work / "random.pt").write_bytes(bytes(range(256)) * 40)
+    (work / "truncated.pt").write_bytes((work / "policy.pt").read_bytes()[:3000])
+    torch.save({"model_state": RunsCodeWhenUnpickled()}, work / "evil.pt")
+
+    (work / "good.jsonl").write_text('{"problem": "7+3"}\n')
+    (work / "not_json.jsonl").write_text('{"problem": "7+3"}\nproblem: 7+3\n')
+    (work / "not_string.jsonl").write_text('{"problem": 7}\n')
+    (work / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    (work / "huge_int.jsonl").write_text('{"problem": "1", "id": ' + "9" * 5000 + "}\n")
+    (work / "bad_problem.jsonl").write_text('{"problem": "7+3"}\n{"problem": "7+"}\n')
+    (work / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x81 problem\n")
+    (work / "empty.jsonl").write_text("")
+
+    run = work / "run"
+    run.mkdir()
+    save_tiny(run / "ckpt.pt", policy_bytes, tokenizer.vocab_size, with_optimizer=True)
+    for folder, kind, with_optimizer in [("run_prm", "prm", True), ("run_no_optimizer", "policy", False),
+                                         ("run_other_tokenizer", "policy", True)]:
+        (work / folder).mkdir()
+        save_tiny(work / folder / "ckpt.pt", policy_bytes, tokenizer.vocab_size, kind=kind, with_optimizer=with_optimizer)
+    (work / "run_other_tokenizer" / "tokenizer.model").write_bytes(other.model_bytes)
+    (work / "run_corrupt").mkdir()
+    (work / "run_corrupt" / "ckpt.pt").write_bytes(bytes(range(256)) * 40)
+    (work / "run_evil").mkdir()
+    torch.save({"model_state": RunsCodeWhenUnpickled()}, work / "run_evil" / "ckpt.pt")
+
+
+def run_cases(work):
+    """Run every case in one child process -> {(script, name): result}."""
+    cases_path, results_path = work / "cases.json", work.parent / f"{work.name}-results.json"
+    cases_path.write_text(json.dumps([[name, script, argv] for name, script, argv, _ in CASES]))
+    subprocess.run([sys.executable, "-c", DRIVER, REPO, str(cases_path), str(results_path)], cwd=work, check=True,
+                   timeout=300, capture_output=True)
+    return {(result["script"], result["name"]): result for result in json.loads(results_path.read_text())}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    work = tmp_path_factory.mktemp("scripts")
+    make_workspace(work)
+    return work, run_cases(work)
+
+
+@pytest.mark.parametrize("name, script, argv, expected", CASES, ids=[f"{s}: {n}" for n, s, _, _ in CASES])
+def test_bad_input_gives_one_clear_line_and_writes_nothing_over(workspace, name, script, argv, expected):
+    work, results = workspace
+    result = results[(script, name)]
+    lines = result["stderr"].strip().splitlines()
+    assert result["code"] == 2, result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    assert lines and expected in lines[-1], result["stderr"]
+    if lines[-1].startswith("error: "):  # our own errors are the only line; argparse's come after its usage lines
+        assert len(lines) == 1, result["stderr"]
+    else:
+        assert lines[-1].startswith(f"{script}: error: ") and lines[0].startswith("usage: ")
+    assert result["changed"] == [], "an existing file was written over or deleted"
+    assert not any(path.startswith("code_ran") for path in result["created"])
+    assert all(path.startswith("new") for path in result["created"]), result["created"]
+    assert not os.path.exists(work / "code_ran"), "a checkpoint ran code on load"
+
+
+@pytest.mark.parametrize("name, script", REAL_PROCESS_CASES)
+def test_a_separate_process_prints_the_same_as_the_shared_one(workspace, name, script):
+    work, results = workspace
+    argv = next(argv for n, s, argv, _ in CASES if (n, s) == (name, script))
+    process = subprocess.run([sys.executable, os.path.join(REPO, script), *argv], cwd=work, capture_output=True,
+                             text=True, timeout=120)
+    assert process.returncode == results[(script, name)]["code"] == 2
+    assert process.stderr == results[(script, name)]["stderr"]
+
+
+def markdown_table(results):
+    rows = ["| script | bad input | exit | what the user sees (last line of stderr) |", "|---|---|---|---|"]
+    for name, script, _, _ in CASES:
+        result = results[(script, name)]
+        seen = result["stderr"].strip().splitlines()[-1].replace("|", "\\|") if result["stderr"].strip() else ""
+        rows.append(f"| {script} | {name} | {result['code']} | `{seen}` |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder) / "work"
+        work.mkdir()
+        make_workspace(work)
+        print(markdown_table(run_cases(work)))
