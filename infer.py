@@ -54,7 +54,7 @@ def parse_args():
                         help="MCTS answer: the most visited path or the best-scored finished solution (default visits)")
     # decoding
     parser.add_argument("--temperature", type=float, default=None,
-                        help="0 = greedy; default 0 for greedy and 1.0 for every sampling strategy")
+                        help="0 = greedy; default 0 for greedy and 0.5 for every sampling strategy (the tiny policy's samples at 1.0 are mostly wrong)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -89,7 +89,7 @@ def parse_args():
         if os.path.abspath(args.out) == os.path.abspath(args.problems):
             raise UserError("--out is the --problems file: write the results to another file")
     if args.temperature is None:
-        args.temperature = 0.0 if args.strategy == "greedy" else 1.0
+        args.temperature = 0.0 if args.strategy == "greedy" and not args.scaling else 0.5
     if args.budget < 1 or args.children < 1 or (args.beam_width is not None and args.beam_width < 1):
         raise UserError("--budget, --children and --beam-width must be at least 1")
     if args.strategy in NEEDS_VERIFIER and not args.verifier:

@@ -4,8 +4,8 @@ Run every stage end to end: pre-training -> verifiers -> reinforcement learning 
     python pipeline.py --preset tiny            # the whole story on a laptop CPU, into runs/tiny/
 
 Each stage is its own script (run them by hand to change a flag); this file only calls them in order, each reading
-the previous stage's checkpoint from runs/<preset>/<stage>/ckpt.pt. A stage whose checkpoint already exists is
-skipped, so an interrupted pipeline picks up where it stopped (--fresh starts over). The stages' sections of
+the previous stage's checkpoint from runs/<preset>/<stage>/ckpt.pt. A finished stage is skipped and a stage stopped
+half way is resumed from its checkpoint, so an interrupted pipeline picks up where it stopped (--fresh starts over). The stages' sections of
 runs/<preset>/report.md tell the story with its numbers and plots.
 """
 import argparse
@@ -17,18 +17,21 @@ import time
 
 
 def stages(preset, run_dir):
-    """(name, command, the file that marks the stage done). Stages whose script is absent are left out."""
+    """(name, command, the file a stage writes last, which marks it done)."""
     pretrain = os.path.join(run_dir, "pretrain", "ckpt.pt")
     prm = os.path.join(run_dir, "prm", "ckpt.pt")
     planned = [
-        ("pretrain", ["train_pretrain.py", "--preset", preset, "--out", os.path.dirname(pretrain)], pretrain),
-        ("prm", ["train_prm.py", "--preset", preset, "--policy", pretrain, "--out", os.path.dirname(prm)], prm),
+        ("pretrain", ["train_pretrain.py", "--preset", preset, "--out", os.path.dirname(pretrain)],
+         os.path.join(run_dir, "pretrain", "eval.json")),
+        ("prm", ["train_prm.py", "--preset", preset, "--policy", pretrain, "--out", os.path.dirname(prm)],
+         os.path.join(run_dir, "prm", "eval.json")),
         ("rl", ["train_rl.py", "--preset", preset, "--init", pretrain, "--out", os.path.join(run_dir, "rl")],
-         os.path.join(run_dir, "rl", "ckpt.pt")),
-        ("scaling", ["infer.py", "--scaling", "--preset", preset, "--ckpt", pretrain, "--verifier", prm,
-                     "--out", os.path.join(run_dir, "scaling")], os.path.join(run_dir, "scaling", "scaling.json")),
+         os.path.join(run_dir, "rl", "eval.json")),
+        ("scaling", ["infer.py", "--scaling", "--ckpt", pretrain, "--verifier", prm,
+                     "--orm", os.path.join(run_dir, "prm", "orm.pt"), "--scaling-out", os.path.join(run_dir, "scaling")],
+         os.path.join(run_dir, "scaling", "scaling.md")),
     ]
-    return [stage for stage in planned if os.path.exists(stage[1][0])]
+    return planned
 
 
 def main():
@@ -45,6 +48,8 @@ def main():
         if os.path.exists(done_marker):
             print(f"== {name}: done already ({done_marker}), skipped")
             continue
+        if name != "scaling" and os.path.exists(os.path.join(os.path.dirname(done_marker), "ckpt.pt")):
+            command = command + ["--resume"]  # stopped half way last time: continue it
         print(f"== {name}: python {' '.join(command)}", flush=True)
         t_start = time.time()
         result = subprocess.run([sys.executable] + command)

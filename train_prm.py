@@ -1,0 +1,498 @@
+"""
+Train the verifiers: a PRM on exact step labels, a PRM on Monte-Carlo step labels, and an ORM; measure all three.
+
+    python train_prm.py --preset tiny --policy runs/tiny/pretrain/ckpt.pt --out runs/tiny/prm
+
+Recipe (the stages of nano_reasoner/prm.py):
+  (1) data      the policy solves training problems at temperature (so its solutions hold real mistakes), plus one
+                corrupted trace (tasks.corrupt) per problem; every scoring position gets its exact label, its outcome
+                label, and Monte-Carlo labels from k rollouts of the policy (Math-Shepherd).
+  (2) train     three verifiers, each initialised from the policy with a new scalar head, same data, same steps:
+                PRM-exact, PRM-MC (hard or soft labels from k rollouts), ORM (the outcome label at every step end).
+  (3) measure   on held-out problems: step-level AUROC and accuracy against the exact labels; agreement of Monte-
+                Carlo labels with the exact ones for k = 1, 4, 16; best-of-N accuracy for N = 1, 2, ..., 64 choosing
+                by each verifier and by majority vote, against greedy decoding and the pass@N oracle.
+
+Writes to --out: ckpt.pt (the PRM later stages use, trained on --final-labels), prm_mc.pt or prm_exact.pt (the
+other PRM), orm.pt, labels.pt (the labelled training data, reused by --resume), config.json, metrics.jsonl,
+eval.json, verifiers.png, best_of_n.png and the "prm" section of report.md in the parent folder of --out.
+Resume after a stop with --resume (same flags): labelled data and finished verifiers are reused, an unfinished
+verifier continues from its last checkpoint.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from nano_reasoner import prm, tasks
+from nano_reasoner.checkpoint import (CheckpointError, atomic_write, capture_rng_state, load_checkpoint,
+                                      restore_rng_state, save_checkpoint)
+from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, pick_device, run_main
+from nano_reasoner.evaluate import attempt_problems
+from nano_reasoner.model import configure_optimizer
+from nano_reasoner.report import (MetricsLogger, format_duration, markdown_table, plot_panels, progress_line,
+                                  write_json, write_report_section)
+from train_pretrain import EVAL_DIFFICULTIES, held_out_problems
+
+PRESETS = {
+    #        problems per task, policy samples per problem, steps, batch, lr, held-out problems per task
+    "tiny": dict(train_problems=150, samples_per_problem=4, steps=200, batch_size=32, lr=1e-3, eval_problems=100,
+                 agreement_problems=25),
+    "small": dict(train_problems=2000, samples_per_problem=8, steps=2000, batch_size=64, lr=5e-4, eval_problems=500,
+                  agreement_problems=100),
+    "base": dict(train_problems=5000, samples_per_problem=8, steps=4000, batch_size=128, lr=3e-4, eval_problems=500,
+                 agreement_problems=200),
+}
+AGREEMENT_KS = (1, 4, 16)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, default="tiny", help="sizes: tiny (CPU), small, base (GPU)")
+    parser.add_argument("--policy", default="runs/tiny/pretrain/ckpt.pt", help="policy checkpoint (default runs/tiny/pretrain/ckpt.pt)")
+    parser.add_argument("--out", default="runs/tiny/prm", help="run folder (default runs/tiny/prm)")
+    parser.add_argument("--resume", action="store_true", help="continue from what --out already holds")
+    # data
+    parser.add_argument("--train-problems", type=int, help="training problems per task (preset)")
+    parser.add_argument("--samples-per-problem", type=int, help="policy solutions per training problem (preset)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the policy for data, "
+                        "rollouts and best-of-N (default 1.0)")
+    parser.add_argument("--mc-k", type=int, default=4, help="Monte-Carlo rollouts per step for PRM-MC (default 4)")
+    parser.add_argument("--mc-label", choices=("hard", "soft"), default="hard",
+                        help="PRM-MC labels: hard = any rollout correct, soft = fraction correct (default hard)")
+    parser.add_argument("--final-labels", choices=("exact", "mc"), default="exact",
+                        help="which PRM becomes --out/ckpt.pt for the later stages (default exact)")
+    # optimization
+    parser.add_argument("--steps", type=int, help="optimizer steps per verifier (preset)")
+    parser.add_argument("--batch-size", type=int, help="solutions per step (preset)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (preset)")
+    parser.add_argument("--warmup", type=int, default=25, help="warmup steps (default 25)")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
+    # evaluation and output
+    parser.add_argument("--eval-problems", type=int, help="held-out problems per task for best-of-N and AUROC (preset)")
+    parser.add_argument("--max-n", type=int, default=64, help="largest N of best-of-N, a power of 2 (default 64)")
+    parser.add_argument("--auroc-samples", type=int, default=4, help="solutions per held-out problem scored for "
+                        "step-level AUROC (default 4)")
+    parser.add_argument("--agreement-problems", type=int, help="held-out problems per task for the Monte-Carlo "
+                        "label agreement study, 16 rollouts per step (preset)")
+    parser.add_argument("--log-every", type=int, default=25, help="steps between progress lines (default 25)")
+    parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of everything (default 1337)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("train_problems", "samples_per_problem", "mc_k", "steps", "batch_size", "eval_problems", "max_n",
+                "auroc_samples", "agreement_problems", "log_every", "save_every"):
+        if getattr(args, key) <= 0:
+            raise UserError(f"--{key.replace('_', '-')} must be positive")
+    if args.max_n & (args.max_n - 1):
+        raise UserError(f"--max-n {args.max_n}: give a power of 2 such as 64")
+    if args.auroc_samples > args.max_n:
+        raise UserError(f"--auroc-samples must be at most --max-n ({args.max_n})")
+    if not args.lr > 0 or not args.temperature > 0:
+        raise UserError("--lr and --temperature must be positive")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# (1) data
+
+def training_problems(args, held_out):
+    """Training problems per task at the held-out difficulties, none of them held out."""
+    held_out_texts = {p.text for problems in held_out.values() for p in problems}
+    problems = []
+    for i, task in enumerate(tasks.TASKS):
+        candidates = tasks.generate(task, 2 * args.train_problems + 100, seed=args.seed + 500 + i,
+                                    difficulties=EVAL_DIFFICULTIES[task])
+        fresh = list(dict.fromkeys(p for p in candidates if p.text not in held_out_texts))
+        problems += fresh[:args.train_problems]
+    return problems
+
+
+def sampled_traces(policy, tokenizer, problems, num_samples, temperature, seed):
+    """The policy's own solutions, labelled exactly: a list per problem of LabelledTrace."""
+    attempts, _ = attempt_problems(policy, tokenizer, problems, num_samples=num_samples, temperature=temperature,
+                                   seed=seed, chunk_size=512)
+    return [[prm.label_trace(tokenizer, a.problem, a.prompt_tokens, a.tokens) for a in per_problem]
+            for per_problem in attempts]
+
+
+def corrupted_traces(tokenizer, problems, fine, seed):
+    """One trace per problem with a wrong step and a consistent continuation (tasks.corrupt)."""
+    rng = random.Random(seed)
+    traces = []
+    for problem in problems:
+        steps, answer, _ = tasks.corrupt(problem, rng, fine)
+        prompt = tokenizer.encode_prompt(tasks.format_prompt(problem))
+        completion = tokenizer.encode(tasks.format_completion(steps, answer)) + [tokenizer.eos_id]
+        traces.append(prm.label_trace(tokenizer, problem, prompt, completion, source="corrupt"))
+    return traces
+
+
+def save_data(path, traces, rollouts):
+    """The labelled training data as plain lists (loadable with weights_only), written atomically."""
+    rows = [{"task": t.problem.task, "text": t.problem.text, "difficulty": t.problem.difficulty, "prompt": t.prompt,
+             "completion": t.completion, "exact": t.exact, "outcome": t.outcome, "num_step_lines": t.num_step_lines,
+             "source": t.source, "rollouts": r} for t, r in zip(traces, rollouts)]
+    atomic_write(path, lambda file: torch.save({"rows": rows}, file))
+
+
+def load_data(path):
+    rows = torch.load(path, weights_only=True)["rows"]
+    traces = [prm.LabelledTrace(tasks.Problem(r["task"], r["text"], r["difficulty"]), r["prompt"], r["completion"],
+                                r["exact"], r["outcome"], r["num_step_lines"], r["source"]) for r in rows]
+    return traces, [r["rollouts"] for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# (2) training one verifier
+
+def train_verifier(name, kind, ckpt_path, policy, tokenizer, traces, labels, args, device, metrics):
+    """Train (or resume, or reload when finished) one verifier on `labels` (per trace, one per scoring position)."""
+    model = prm.verifier_from_policy(policy)
+    optimizer = configure_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+    step = 0
+    if os.path.exists(ckpt_path):
+        if not args.resume:
+            raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+        try:
+            ckpt = load_checkpoint(ckpt_path, expected_kind=kind)
+        except CheckpointError as error:
+            raise UserError(str(error)) from None
+        if ckpt["model_config"] != vars(model.config) or ckpt["extra"].get("verifier") != name:
+            raise UserError(f"{ckpt_path} was made with other settings: resume with the flags of that run")
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        restore_rng_state(ckpt["rng_state"])
+        step = ckpt["step"]
+        drop_records_after(metrics, name, step)
+        print(f"{name}: resumed from {ckpt_path} at step {step}" if step < args.steps else f"{name}: already trained")
+
+    def save(at_step):
+        save_checkpoint(ckpt_path, kind=kind, model_state=model.state_dict(), model_config=vars(model.config),
+                        tokenizer_bytes=tokenizer.model_bytes, step=at_step, args=vars(args),
+                        optimizer_state=optimizer.state_dict(), rng_state=capture_rng_state(),
+                        extra={"verifier": name, "labels": name.split("-", 1)[-1] if kind == "prm" else "outcome"})
+
+    # the batch order is a pure function of the seed, so a resumed run takes the batches it had not taken yet
+    rng = random.Random(args.seed)
+    order = []
+    while len(order) < args.steps * args.batch_size:
+        epoch = list(range(len(traces)))
+        rng.shuffle(epoch)
+        order += epoch
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+    signal.signal(signal.SIGINT, on_sigint)
+
+    model.train()
+    t_start, start_step = time.time(), step
+    while step < args.steps and not interrupted:
+        lr = cosine_lr(step, args.steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [traces[i] for i in order[step * args.batch_size:(step + 1) * args.batch_size]]
+        batch_labels = [labels[i] for i in order[step * args.batch_size:(step + 1) * args.batch_size]]
+        with autocast(device):
+            loss = prm.verifier_loss(model, tokenizer, [t.prompt for t in batch], [t.completion for t in batch],
+                                     batch_labels)
+        if not torch.isfinite(loss):
+            raise UserError(f"{name}: the loss became {loss.item()} at step {step}: lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        step += 1
+        if step % args.log_every == 0 or step == args.steps:
+            print(f"{name} " + progress_line(step, args.steps, time.time() - t_start, start_step=start_step, loss=loss.item(),
+                                             lr=lr), flush=True)
+            metrics.log(verifier=name, step=step, loss=loss.item(), lr=lr)
+        if step % args.save_every == 0:
+            save(step)
+    save(step)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    model.eval()
+    return model, interrupted
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# (3) measuring
+
+def step_metrics(step_scores, traces):
+    """AUROC and accuracy (threshold 0.5) of scores against the exact labels, over the step lines only."""
+    scores, labels = [], []
+    for row_scores, trace in zip(step_scores, traces):
+        scores += row_scores[:trace.num_step_lines]
+        labels += trace.exact[:trace.num_step_lines]
+    correct = sum((s > 0.5) == (y > 0.5) for s, y in zip(scores, labels))
+    return {"auroc": prm.auroc(scores, labels), "acc": correct / max(1, len(labels)), "positions": len(labels),
+            "good_frac": sum(labels) / max(1, len(labels))}
+
+
+def label_agreement(traces, rollouts, k):
+    """How Monte-Carlo labels from the first k rollouts compare with the exact labels, over the step lines."""
+    hard = prm.monte_carlo_labels(rollouts, k, hard=True)
+    soft = prm.monte_carlo_labels(rollouts, k, hard=False)
+    pairs = [(h, s, y) for trace, h_row, s_row in zip(traces, hard, soft)
+             for h, s, y in zip(h_row[:trace.num_step_lines], s_row, trace.exact[:trace.num_step_lines])]
+    num_good = sum(1 for _, _, y in pairs if y)
+    return {"k": k, "hard_agreement": sum(h == y for h, _, y in pairs) / len(pairs),
+            "false_bad_frac": sum(1 for h, _, y in pairs if y and not h) / max(1, num_good),
+            "false_good_frac": sum(1 for h, _, y in pairs if h and not y) / max(1, len(pairs) - num_good),
+            "soft_auroc": prm.auroc([s for _, s, _ in pairs], [y for _, _, y in pairs])}
+
+
+def majority_is_correct(traces):
+    """Majority vote over the final answers of well-formed solutions; a tie goes to the answer seen first."""
+    answers = [tasks.parse_completion(t.text) for t in traces]
+    votes = Counter(parsed.answer for parsed in answers if parsed.is_well_formed)
+    if not votes:
+        return False
+    best = max(votes.values())
+    winner = next(parsed.answer for parsed in answers if parsed.is_well_formed and votes[parsed.answer] == best)
+    return next(t.outcome for t, parsed in zip(traces, answers) if parsed.is_well_formed and parsed.answer == winner)
+
+
+def best_of_n_curves(samples, solution_scores, task, max_n):
+    """Accuracy for N = 1, 2, 4, ..., max_n. Each problem's max_n samples are cut into max_n / N disjoint groups of N
+    and the accuracy is averaged over groups, which uses every sample at every N (less noise than one group).
+    samples: per problem, max_n records with .outcome and .text; solution_scores: {verifier: per problem, per sample}."""
+    ns = [2 ** e for e in range(max_n.bit_length()) if 2 ** e <= max_n]
+    curves = {name: [] for name in list(solution_scores) + (["majority"] if task == "arith" else []) + ["pass@N"]}
+    for n in ns:
+        hits = Counter()
+        groups = 0
+        for p_index, per_problem in enumerate(samples):
+            for start in range(0, max_n, n):
+                group = range(start, start + n)
+                groups += 1
+                for name, scores in solution_scores.items():
+                    chosen = max(group, key=lambda i: scores[p_index][i])  # ties: the first sample
+                    hits[name] += per_problem[chosen].outcome
+                if task == "arith":
+                    hits["majority"] += majority_is_correct([per_problem[i] for i in group])
+                hits["pass@N"] += any(per_problem[i].outcome for i in group)
+        for name in curves:
+            curves[name].append(hits[name] / groups)
+    return ns, curves
+
+
+@dataclass
+class Sample:
+    """One held-out solution for best-of-N: its text and whether it is correct."""
+    text: str
+    outcome: bool
+
+
+def drop_records_after(metrics, name, step):
+    """A resumed verifier logs its later steps again, and evaluation runs again: drop both from metrics.jsonl."""
+    kept = [m for m in metrics.read() if "eval" not in m and not (m.get("verifier") == name and m["step"] > step)]
+    text = "".join(json.dumps(m) + "\n" for m in kept)
+    atomic_write(metrics.path, lambda file: file.write(text.encode("utf-8")))
+
+
+def main():
+    args = parse_args()
+    device = pick_device(args.device, args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    final_path = os.path.join(args.out, "ckpt.pt")
+    data_path = os.path.join(args.out, "labels.pt")
+    if os.path.exists(data_path) and not args.resume:
+        raise UserError(f"{args.out} already holds a run: pass --resume to continue it, or choose another --out")
+    policy, tokenizer, policy_ckpt = load_policy(args.policy, device)
+    fine = policy_ckpt["args"].get("granularity", "fine") == "fine"
+    metrics = MetricsLogger(args.out)
+    write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "policy": args.policy,
+                                                       "policy_config": policy_ckpt["model_config"]})
+
+    # (1) data: the policy's solutions and corrupted traces, each step labelled exactly and by k rollouts
+    t_train_start = time.time()
+    # never train on the pre-training run's held-out problems, of any size this script or others evaluate on
+    policy_seed = policy_ckpt["args"].get("seed", args.seed)
+    held_out = {task: held_out_problems(500, policy_seed)[task] + held_out_problems(args.eval_problems, policy_seed)[task]
+                for task in tasks.TASKS}
+    if os.path.exists(data_path):
+        traces, rollouts = load_data(data_path)
+        print(f"data: {len(traces)} labelled traces from {data_path}")
+    else:
+        problems = training_problems(args, held_out)
+        traces = [t for per_problem in sampled_traces(policy, tokenizer, problems, args.samples_per_problem,
+                                                      args.temperature, args.seed) for t in per_problem]
+        traces += corrupted_traces(tokenizer, problems, fine, args.seed)
+        t_rollouts = time.time()
+        print(f"data: {len(traces)} traces sampled and labelled exactly ({t_rollouts - t_train_start:.0f}s); "
+              f"{args.mc_k} rollouts from each of {sum(len(t.exact) for t in traces)} scoring positions...", flush=True)
+        rollouts = prm.monte_carlo_rollouts(policy, tokenizer, traces, args.mc_k, temperature=args.temperature,
+                                            seed=args.seed)
+        save_data(data_path, traces, rollouts)
+        print(f"data: {len(problems)} problems -> {len(traces)} traces, {time.time() - t_rollouts:.0f}s of "
+              f"{args.mc_k} rollouts per step, {time.time() - t_train_start:.0f}s in all", flush=True)
+    sampled = [t for t in traces if t.source == "policy"]
+    positions = sum(len(t.exact) for t in traces)
+    data_stats = {"traces": len(traces), "policy_traces": len(sampled),
+                  "policy_correct_frac": sum(t.outcome for t in sampled) / max(1, len(sampled)),
+                  "positions": positions, "good_frac": sum(sum(t.exact) for t in traces) / positions}
+    print(f"data: {data_stats['policy_correct_frac']:.1%} of the policy's solutions are correct, "
+          f"{data_stats['good_frac']:.1%} of scoring positions are good")
+
+    # (2) train PRM-exact, PRM-MC and ORM on the same traces
+    mc_name = f"prm-mc{args.mc_k}-{args.mc_label}"
+    label_sets = {
+        "prm-exact": ("prm", [t.exact for t in traces]),
+        mc_name: ("prm", prm.monte_carlo_labels(rollouts, args.mc_k, hard=args.mc_label == "hard")),
+        "orm": ("orm", [[float(t.outcome)] * len(t.exact) for t in traces]),
+    }
+    paths = {"prm-exact": final_path if args.final_labels == "exact" else os.path.join(args.out, "prm_exact.pt"),
+             mc_name: final_path if args.final_labels == "mc" else os.path.join(args.out, "prm_mc.pt"),
+             "orm": os.path.join(args.out, "orm.pt")}
+    verifiers = {}
+    for name, (kind, labels) in label_sets.items():
+        verifiers[name], interrupted = train_verifier(name, kind, paths[name], policy, tokenizer, traces, labels,
+                                                      args, device, metrics)
+        if interrupted:
+            print(f"interrupted: saved {paths[name]}; continue with --resume")
+            return
+    train_seconds = time.time() - t_train_start
+    print(f"verifier training took {format_duration(train_seconds)} (labels included)", flush=True)
+
+    # (3) measure on held-out problems
+    t_eval = time.time()
+    eval_sets = held_out_problems(args.eval_problems, policy_seed)
+    results = {"data": data_stats, "train_seconds": train_seconds, "tasks": {}}
+    best_of_n = {}
+    all_auroc_traces = {name: ([], []) for name in verifiers}
+    for task, problems in eval_sets.items():
+        greedy, _ = attempt_problems(policy, tokenizer, problems, temperature=0.0, seed=args.seed)
+        greedy_acc = sum(a[0].verdict.is_correct for a in greedy) / len(problems)
+        per_problem = sampled_traces(policy, tokenizer, problems, args.max_n, args.temperature, args.seed + 1)
+        flat = [t for traces_of_problem in per_problem for t in traces_of_problem]
+        step_scores = {name: prm.score_steps(model, tokenizer, [t.prompt for t in flat], [t.completion for t in flat])
+                       for name, model in verifiers.items()}
+        # step-level quality on the first --auroc-samples solutions of each problem
+        auroc_rows = [i for i in range(len(flat)) if i % args.max_n < args.auroc_samples]
+        auroc_traces = [flat[i] for i in auroc_rows]
+        task_result = {"greedy_acc": greedy_acc, "step": {}}
+        for name in verifiers:
+            rows_scores = [step_scores[name][i] for i in auroc_rows]
+            task_result["step"][name] = step_metrics(rows_scores, auroc_traces)
+            all_auroc_traces[name][0].extend(rows_scores)
+            all_auroc_traces[name][1].extend(auroc_traces)
+        # best-of-N: PRMs aggregate by min (and the exact PRM also by prod and last), the ORM reads its last score
+        solution_scores = {}
+        for name in verifiers:
+            hows = ("last",) if name == "orm" else ("min",)
+            for how in hows:
+                flat_scores = [prm.aggregate(s, how) for s in step_scores[name]]
+                solution_scores[f"{name} ({how})"] = [flat_scores[i:i + args.max_n]
+                                                      for i in range(0, len(flat_scores), args.max_n)]
+        for how in ("prod", "last"):
+            flat_scores = [prm.aggregate(s, how) for s in step_scores["prm-exact"]]
+            solution_scores[f"prm-exact ({how})"] = [flat_scores[i:i + args.max_n]
+                                                     for i in range(0, len(flat_scores), args.max_n)]
+        samples = [[Sample(tokenizer.decode(t.completion), t.outcome) for t in traces_of_problem]
+                   for traces_of_problem in per_problem]
+        ns, curves = best_of_n_curves(samples, solution_scores, task, args.max_n)
+        task_result["best_of_n"] = {"n": ns, **curves}
+        best_of_n[task] = (ns, curves, greedy_acc)
+        # Monte-Carlo labels against exact labels, k = 1, 4, 16, on the first solutions of a subset of problems
+        agreement_traces = [t for traces_of_problem in per_problem[:args.agreement_problems]
+                            for t in traces_of_problem[:args.auroc_samples]]
+        agreement_rollouts = prm.monte_carlo_rollouts(policy, tokenizer, agreement_traces, max(AGREEMENT_KS),
+                                                      temperature=args.temperature, seed=args.seed + 2)
+        task_result["mc_agreement"] = [label_agreement(agreement_traces, agreement_rollouts, k) for k in AGREEMENT_KS]
+        results["tasks"][task] = task_result
+        metrics.log(eval=task, greedy_acc=greedy_acc,
+                    **{f"bo16_{name}": curves[name][ns.index(16)] for name in curves if 16 in ns})
+        print(f"eval {task}: greedy {greedy_acc:.1%} | " + " | ".join(
+            f"{name} AUROC {m['auroc']:.3f}" for name, m in task_result["step"].items()), flush=True)
+    results["step_all"] = {name: step_metrics(*all_auroc_traces[name]) for name in verifiers}
+    results["eval_seconds"] = time.time() - t_eval
+    write_json(os.path.join(args.out, "eval.json"), results)
+    write_outputs(args, results, best_of_n, mc_name)
+    print(f"wrote {final_path} (PRM on {args.final_labels} labels), {paths['orm']}, {args.out}/best_of_n.png, "
+          f"report.md ({format_duration(train_seconds)} of verifier training, {format_duration(results['eval_seconds'])} "
+          f"of evaluation)")
+
+
+def write_outputs(args, results, best_of_n, mc_name):
+    """Plots and the report section."""
+    panels = []
+    for task, (ns, curves, greedy_acc) in best_of_n.items():
+        series = {name: (ns, ys) for name, ys in curves.items() if "prod" not in name and "prm-exact (last)" != name}
+        series["greedy"] = (ns, [greedy_acc] * len(ns))
+        panels.append({"title": f"{task}: best-of-N, held-out" + ("" if task == "arith" else " (no majority vote: "
+                                                                                               "every answer is the target)"),
+                       "xlabel": "N (samples per problem)", "ylabel": "accuracy", "logx": True, "series": series})
+    plot_panels(os.path.join(args.out, "best_of_n.png"), panels, title="choosing among N policy samples")
+    history = read_losses(args.out)
+    plot_panels(os.path.join(args.out, "verifiers.png"), [
+        {"title": "verifier training loss (BCE)", "xlabel": "step", "ylabel": "loss", "series": history},
+        {"title": "Monte-Carlo labels vs exact (step lines)", "xlabel": "k (rollouts per step)",
+         "ylabel": "agreement of the hard label", "logx": True,
+         "series": {task: ([a["k"] for a in r["mc_agreement"]], [a["hard_agreement"] for a in r["mc_agreement"]])
+                    for task, r in results["tasks"].items()}},
+    ], title="verifiers")
+
+    step_rows = [[name, f"{m['auroc']:.3f}", f"{m['acc']:.1%}"] +
+                 [f"{results['tasks'][task]['step'][name]['auroc']:.3f}" for task in results["tasks"]]
+                 for name, m in results["step_all"].items()]
+    agreement_rows = [[task, a["k"], f"{a['hard_agreement']:.1%}", f"{a['false_bad_frac']:.1%}",
+                       f"{a['false_good_frac']:.1%}", f"{a['soft_auroc']:.3f}"]
+                      for task, r in results["tasks"].items() for a in r["mc_agreement"]]
+    bon_rows = []
+    for task, (ns, curves, greedy_acc) in best_of_n.items():
+        for name, ys in curves.items():
+            bon_rows.append([task, name] + [f"{y:.1%}" for y in ys])
+        bon_rows.append([task, "greedy"] + [f"{greedy_acc:.1%}"] * len(ns))
+    data = results["data"]
+    folder = os.path.basename(os.path.abspath(args.out))
+    write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), "prm", "\n".join([
+        f"## Verifiers: PRM and ORM ({args.preset})", "",
+        f"Data: {data['traces']} traces ({data['policy_traces']} sampled from the policy at temperature "
+        f"{args.temperature}, {data['policy_correct_frac']:.1%} of them correct, plus one corrupted trace per problem), "
+        f"{data['positions']} scoring positions, {data['good_frac']:.1%} good. Three verifiers, each initialised from "
+        f"the policy, {args.steps} steps of {args.batch_size}: PRM on exact labels, PRM on Monte-Carlo labels "
+        f"({mc_name}: {args.mc_k} rollouts per step, {args.mc_label} label), ORM (outcome label at every step end). "
+        f"{format_duration(results['train_seconds'])} for labels and training, "
+        f"{format_duration(results['eval_seconds'])} for evaluation. `{folder}/ckpt.pt` is the PRM on "
+        f"{args.final_labels} labels; `{folder}/orm.pt` the ORM.", "",
+        "Step-level quality against the exact labels (step lines of held-out policy solutions; accuracy at 0.5):", "",
+        markdown_table(["verifier", "AUROC", "accuracy"] + [f"AUROC {task}" for task in results["tasks"]], step_rows), "",
+        "Monte-Carlo labels against exact labels (held-out solutions; hard label = any of k rollouts correct; "
+        "false bad = sound steps labelled bad; false good = unsound steps labelled good; soft AUROC ranks steps by "
+        "the fraction of correct rollouts):", "",
+        markdown_table(["task", "k", "hard agreement", "false bad", "false good", "soft AUROC"], agreement_rows), "",
+        "Best-of-N accuracy on held-out problems (PRMs aggregate step scores by min, unless named; the ORM uses its "
+        "last score). Majority vote does not apply to countdown: every correct answer is a different expression "
+        "with the same value, the target, so votes over answer strings say nothing.", "",
+        markdown_table(["task", "chooser"] + [f"N={n}" for n in best_of_n["arith"][0]], bon_rows), "",
+        f"![best-of-N]({folder}/best_of_n.png)", "", f"![verifiers]({folder}/verifiers.png)", ""]))
+
+
+def read_losses(run_dir):
+    """{verifier: (steps, losses)} from metrics.jsonl."""
+    history = {}
+    for m in MetricsLogger(run_dir).read():
+        if "loss" in m and "verifier" in m:
+            steps, losses = history.setdefault(m["verifier"], ([], []))
+            steps.append(m["step"])
+            losses.append(m["loss"])
+    return history
+
+
+if __name__ == "__main__":
+    run_main(main)
