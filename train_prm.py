@@ -99,8 +99,10 @@ def parse_args(argv=None):
         raise UserError(f"--max-n {args.max_n}: give a power of 2 such as 64")
     if args.auroc_samples > args.max_n:
         raise UserError(f"--auroc-samples must be at most --max-n ({args.max_n})")
-    if not args.lr > 0 or not args.temperature > 0:
-        raise UserError("--lr and --temperature must be positive")
+    if not (args.lr > 0 and args.temperature > 0 and args.grad_clip > 0):
+        raise UserError("--lr, --temperature and --grad-clip must be positive")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file: give a folder")
     return args
 
 

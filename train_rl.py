@@ -86,8 +86,13 @@ def parse_args(argv=None):
             raise UserError(f"--{key.replace('_', '-')} must be positive")
     if args.prompts_per_step % len(tasks.TASKS):
         raise UserError(f"--prompts-per-step must be a multiple of {len(tasks.TASKS)} (half the problems of each task)")
-    if not args.lr > 0 or not 0 < args.clip_eps < 1 or args.kl_beta < 0 or args.format_weight < 0:
-        raise UserError("--lr must be positive, --clip-eps in (0, 1), --kl-beta and --format-weight >= 0")
+    # written as "not (good)" so that nan, which fails every comparison, is refused too
+    if not (args.lr > 0 and 0 < args.clip_eps < 1 and args.kl_beta >= 0 and args.format_weight >= 0 and args.grad_clip > 0):
+        raise UserError("--lr and --grad-clip must be positive, --clip-eps in (0, 1), --kl-beta and --format-weight >= 0")
+    if args.group_size < 2:
+        raise UserError("--group-size must be at least 2: GRPO's advantage compares samples of the same problem")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file: give a folder")
     args.pass_k_problems = min(args.pass_k_problems, args.eval_problems)
     return args
 
