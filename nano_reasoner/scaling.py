@@ -21,7 +21,6 @@ task, so each accuracy carries a sampling error of several points (stated with t
 """
 import time
 from collections import defaultdict
-from dataclasses import replace
 
 from nano_reasoner import mcts, search, tasks
 from nano_reasoner.report import markdown_table, plot_panels
