@@ -198,11 +198,17 @@ def tokenizer(tmp_path_factory):
     return train_tokenizer([tasks.full_trace(p) for p in problems], str(tmp_path_factory.mktemp("tok") / "tok.model"))
 
 
-def test_grpo_step_samples_one_group_per_problem_and_reports_statistics(tokenizer):
-    torch.manual_seed(0)
+def random_policy_and_reference(tokenizer):
+    """A tiny untrained policy and a reference that starts as its exact copy (as train_rl.py makes them)."""
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
     policy, reference = GPT(config), GPT(config)
     reference.load_state_dict(policy.state_dict())
+    return policy, reference
+
+
+def test_grpo_step_samples_one_group_per_problem_and_reports_statistics(tokenizer):
+    torch.manual_seed(0)
+    policy, reference = random_policy_and_reference(tokenizer)
     reference_before = {name: tensor.clone() for name, tensor in reference.state_dict().items()}
     optimizer = configure_optimizer(policy, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99))
     problems = tasks.generate("arith", 3, seed=5, difficulties=(1,))
@@ -219,9 +225,7 @@ def test_grpo_step_samples_one_group_per_problem_and_reports_statistics(tokenize
 
 def test_groups_with_equal_rewards_are_left_out_of_the_update(tokenizer):
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
-    policy, reference = GPT(config), GPT(config)
-    reference.load_state_dict(policy.state_dict())
+    policy, reference = random_policy_and_reference(tokenizer)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
     before = [p.clone() for p in policy.parameters()]
     # a random policy never writes a well-formed trace: every reward is 0, every group uniform, nothing to learn
@@ -233,9 +237,7 @@ def test_groups_with_equal_rewards_are_left_out_of_the_update(tokenizer):
 
 def test_process_rewards_reach_the_loss_through_a_step_scorer(tokenizer):
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)
-    policy, reference = GPT(config), GPT(config)
-    reference.load_state_dict(policy.state_dict())
+    policy, reference = random_policy_and_reference(tokenizer)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
     problems = tasks.generate("countdown", 2, seed=5, difficulties=(3,))
     seen = {}
