@@ -10,7 +10,8 @@ Strategies (nano_reasoner/search.py and mcts.py): greedy, sample (one at --tempe
 samples), bon (best of --budget by the verifier), wvote (votes weighted by verifier scores), beam (PRM step-level
 beam search, --budget expansions per step), mcts (MCTS over steps, --budget samples' worth of tokens).
 
-One problem: prints the trace, the answer, the verdict and the compute spent. A problems file: each input line is
+One problem: prints the trace (numbers in the thinking are written units digit first, see tasks/trace.py), the same
+thinking in reading order, the answer, the verdict and the compute spent. A problems file: each input line is
 {"problem": "..."}; each output line keeps every input field and adds "answer" (the parsed final answer, or null),
 "output" (the generated text), "correct" (bool) and "compute" (tokens and FLOPs spent on that problem); accuracy by
 difficulty is printed at the end. --scaling runs the test-time scaling sweep (nano_reasoner/scaling.py) on held-out
@@ -201,6 +202,9 @@ def main():
     if not args.problems:
         answer, verdict = answers[0], verdicts[0]
         print(tasks.format_prompt(answer.problem) + answer.completion)
+        thinking = tasks.parse_completion(answer.completion).steps
+        if thinking:  # the model writes numbers units digit first while it thinks (tasks/trace.py)
+            print("thinking in reading order: " + " | ".join(tasks.flip_digits(step) for step in thinking))
         print(f"answer: {verdict.answer}")
         print("verdict: correct" if verdict.is_correct else f"verdict: wrong ({verdict.reason})")
         c = answer.compute

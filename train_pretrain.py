@@ -28,7 +28,7 @@ from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 
 PRESETS = {
     #        layers, embd, heads, block, batch, steps, lr, problems per task
-    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=64, steps=2600, lr=2e-3, train_problems=40000),
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=32, steps=5200, lr=2e-3, train_problems=40000),
     "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000),
     "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000),
 }

@@ -151,11 +151,16 @@ def test_one_update_raises_the_logprob_of_rewarded_samples():
 
 # ---------------------------------------------------------------------------------------------- (2) rewards
 
+def as_written(steps):
+    """Steps in reading order -> as the model writes them (numbers in the thinking units digit first)."""
+    return [tasks.flip_digits(step) for step in steps]
+
+
 COUNTDOWN = tasks.Problem("countdown", "3 7 25 19 -> 63", 4)
 # 25-19 is 6, not 9; then 7*9 = 63 "makes" the target after bad arithmetic
-HACK = tasks.format_completion(["25-19=9;3 7 9", "7*9=63;3 63"], "7*(25-19)")
+HACK = tasks.format_completion(as_written(["25-19=9;3 7 9", "7*9=63;3 63"]), "7*(25-19)")
 # the same bad steps, followed by an answer expression that is right: the steps still fail
-HACK_RIGHT_ANSWER = tasks.format_completion(["25-19=9;3 7 9", "7*9=63;3 63"], "7*(25-19+3)")
+HACK_RIGHT_ANSWER = tasks.format_completion(as_written(["25-19=9;3 7 9", "7*9=63;3 63"]), "7*(25-19+3)")
 
 
 def test_countdown_reward_hack_earns_no_accuracy_reward():
@@ -178,15 +183,16 @@ def test_right_answer_after_illegal_steps_earns_no_accuracy_reward():
 def test_honest_mistake_is_not_called_a_reward_hack():
     # legal steps that end at 45, then an answer that claims the target: wrong, but the answer alone is also wrong
     problem = tasks.Problem("countdown", "3 7 25 19 -> 45", 4)
-    wrong_answer = tasks.format_completion(["25-19=6;3 7 6", "7*6=42;3 42", "42+3=45;45"], "7*6")
+    wrong_answer = tasks.format_completion(as_written(["25-19=6;3 7 6", "7*6=42;3 42", "42+3=45;45"]), "7*6")
     verdict = tasks.verify(problem, wrong_answer)
     assert not verdict.is_correct and not is_reward_hack(problem, verdict, wrong_answer)
 
 
 def test_correct_and_malformed_rewards():
     problem = tasks.Problem("arith", "2+3*4", 2)
-    correct = tasks.format_completion(["3*4=12;2+12", "2+12=14;14"], "14")
-    rewards, is_correct, _ = rule_rewards([problem], [correct, "3*4=12;2+12\n"], group_size=2, format_weight=0.1)
+    correct = tasks.format_completion(as_written(["3*4=12;2+12", "2+12=14;14"]), "14")
+    unfinished = as_written(["3*4=12;2+12"])[0] + "\n"
+    rewards, is_correct, _ = rule_rewards([problem], [correct, unfinished], group_size=2, format_weight=0.1)
     assert rewards.tolist() == [pytest.approx(1.1), 0.0] and is_correct.tolist() == [True, False]
 
 

@@ -12,10 +12,17 @@ from nano_reasoner.model import GPT, GPTConfig
 from nano_reasoner.tasks import expr
 from nano_reasoner.tokenizer import train_tokenizer
 
+
+
+def as_written(steps):
+    """Steps in reading order -> as the model writes them (numbers in the thinking units digit first)."""
+    return [tasks.flip_digits(step) for step in steps]
+
+
 ARITH = tasks.Problem("arith", "2+3*4", 2)           # 14
-GOOD_STEPS, GOOD_ANSWER = ["3*4=12;2+12", "2+12=14;14"], "14"
-SLIP_STEPS, SLIP_ANSWER = ["3*4=12;2+12", "2+12=15;15"], "15"   # step 2 is wrong
-EARLY_STEPS, EARLY_ANSWER = ["3*4=13;2+13", "2+13=15;15"], "15"  # step 1 is wrong, step 2 is right from it
+GOOD_STEPS, GOOD_ANSWER = as_written(["3*4=12;2+12", "2+12=14;14"]), "14"
+SLIP_STEPS, SLIP_ANSWER = as_written(["3*4=12;2+12", "2+12=15;15"]), "15"   # step 2 is wrong
+EARLY_STEPS, EARLY_ANSWER = as_written(["3*4=13;2+13", "2+13=15;15"]), "15"  # step 1 is wrong, step 2 is right from it
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +96,9 @@ def test_unfinished_trace_has_no_eos_label_and_a_false_outcome(tokenizer):
 
 def test_exact_labels_on_a_countdown_dead_end(tokenizer):
     problem = tasks.Problem("countdown", "2 3 5 -> 25", 3)
-    good = encode_trace(tokenizer, problem, ["2+3=5;5 5", "5*5=25;25"], "(2+3)*5")
+    good = encode_trace(tokenizer, problem, as_written(["2+3=5;5 5", "5*5=25;25"]), "(2+3)*5")
     # legal arithmetic, but {5, 1} can never make 25: every later prefix is unsound too
-    dead_end = encode_trace(tokenizer, problem, ["3-2=1;5 1", "5*1=5;5"], "5*(3-2)")
+    dead_end = encode_trace(tokenizer, problem, as_written(["3-2=1;5 1", "5*1=5;5"]), "5*(3-2)")
     assert prm.label_trace(tokenizer, problem, *good).exact == [1, 1, 1, 1]
     assert prm.label_trace(tokenizer, problem, *dead_end).exact == [0, 0, 0, 0]
 
@@ -118,7 +125,7 @@ class AnswersFromLastState(nn.Module):
         if tasks.END_THINK + "\n" not in completion:
             return self.tokenizer.step_end_id if completion.endswith(tasks.END_THINK) else self.tokenizer.end_think_id
         thinking, answer_so_far = completion.split(tasks.END_THINK + "\n", 1)
-        states = [line.split(";")[1] for line in thinking.split("\n") if ";" in line]
+        states = [tasks.flip_digits(line.split(";")[1]) for line in thinking.split("\n") if ";" in line]
         answer = str(expr.evaluate(expr.parse(states[-1] if states else prompt.split(": ", 1)[1].strip())))
         if answer_so_far == answer:
             return self.tokenizer.eos_id

@@ -70,7 +70,7 @@ def test_weighted_vote_with_a_constant_verifier_is_majority_vote(policy, tokeniz
 
 
 def test_weighted_vote_lets_verifier_scores_outweigh_a_wrong_majority():
-    texts = ["2*3=5;5+4\n5+4=11;11\n</think>\n11"] * 2 + ["2*3=6;6+4\n6+4=10;10\n</think>\n10"]
+    texts = ["2*3=5;5+4\n5+4=11;11\n</think>\n11"] * 2 + ["2*3=6;6+4\n6+4=01;01\n</think>\n10"]
     hand_pool = search.Pool(PROBLEM, [1], [[5]] * 3, texts, [search.answer_key(PROBLEM, t) for t in texts],
                             step_scores=[[0.9, 0.1], [0.8, 0.2], [0.9, 0.7]], verifier_tokens=[1, 1, 1])
     assert search.pick_from_pool(hand_pool, 3, "vote").completion == texts[0]        # 2 votes against 1
@@ -85,7 +85,7 @@ def test_weighted_vote_lets_verifier_scores_outweigh_a_wrong_majority():
 def test_beam_search_with_an_exact_prm_finds_the_right_path(policy, tokenizer):
     answer = search.beam_search(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 4, seed=0)[0]
     assert is_correct(answer)
-    assert answer.completion == "2*3=6;6+4\n6+4=10;10\n</think>\n10"
+    assert answer.completion == "2*3=6;6+4\n6+4=01;01\n</think>\n10"
 
 
 def test_beam_search_solves_many_problems_in_lockstep(policy, tokenizer):
@@ -96,6 +96,6 @@ def test_beam_search_solves_many_problems_in_lockstep(policy, tokenizer):
 
 def test_answer_keys_read_arith_values_and_countdown_expressions():
     countdown = tasks.parse_problem("countdown", "3 7 25 19 -> 63")
-    assert search.answer_key(PROBLEM, "2*3=6;6+4\n6+4=10;10\n</think>\n10") == "10"
+    assert search.answer_key(PROBLEM, "2*3=6;6+4\n6+4=01;01\n</think>\n10") == "10"
     assert search.answer_key(PROBLEM, "2*3=6;6+4\n") is None
     assert search.answer_key(countdown, "</think>\n7 * (25-19) + 3*7") == "7*(25-19)+3*7"

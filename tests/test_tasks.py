@@ -169,6 +169,36 @@ def test_problem_text_is_normalised():
 def test_trace_format_bytes():
     problem = Problem("arith", "2+3", 1)
     assert tasks.full_trace(problem) == "arith: 2+3\n<think>\n2+3=5;5\n</think>\n5"
+    # inside the thinking, numbers are written units digit first; the problem and the answer are not
+    assert tasks.full_trace(Problem("arith", "38+24", 1)) == "arith: 38+24\n<think>\n83+42=26;26\n</think>\n62"
+
+
+# ----------------------------------------------------------------------------- digit order (trace.py)
+
+def test_flip_digits_reverses_each_number_and_is_its_own_inverse():
+    assert tasks.flip_digits("38*27=38*20+38*7=760+266=1026;1026+1") == "83*72=83*02+83*7=067+662=6201;6201+1"
+    assert tasks.flip_digits("25-19=6;3 7 6") == "52-91=6;3 7 6"
+    for problem in tasks.generate("arith", 50, seed=3) + tasks.generate("countdown", 50, seed=3):
+        for step in tasks.solve(problem, fine=True)[0]:
+            assert tasks.flip_digits(tasks.flip_digits(step)) == step
+
+
+def test_the_dispatch_layer_speaks_the_models_digit_order():
+    problem = arith_problem("7+38*2-15")
+    steps, answer = tasks.solve(problem)
+    assert steps == ["83*2=67;7+67-51", "7+67=38;38-51", "38-51=86;86"] and answer == "68"
+    assert tasks.verify(problem, format_completion(steps, answer)).step_ok == [True, True, True]
+    reading_order = format_completion(arith.solve(problem)[0], answer)  # 38*2=76 read units first is 83*2=67: wrong
+    assert tasks.verify(problem, reading_order).step_ok == [False, False, False]
+    assert tasks.verify(problem, tasks.parse_completion(format_completion(steps, answer))).step_ok == [True] * 3
+    rng_a, rng_b = random.Random(5), random.Random(5)
+    bad_steps, bad_answer, bad_index = tasks.corrupt(problem, rng_a)
+    assert [tasks.flip_digits(step) for step in bad_steps] == arith.corrupt(problem, rng_b)[0]
+    assert tasks.step_labels(problem, bad_steps) == [i < bad_index for i in range(len(bad_steps))]
+    cd = countdown_problem("3 7 25 19 -> 63")
+    written = "52-91=6;3 7 6\n6+3=9;7 9\n7*9=36;36\n</think>\n7*(25-19+3)"  # answer in the usual order
+    assert tasks.verify(cd, written).is_correct
+    assert not tasks.verify(cd, tasks.flip_thinking(written)).is_correct
 
 
 @pytest.mark.parametrize("junk", [b"\xff\xfe\x00", "", "</think>", "x" * 30_000, "</think>\n\n", None, 12345,

@@ -22,14 +22,14 @@ from nano_reasoner.search import Verifier
 from nano_reasoner.tokenizer import train_tokenizer
 
 PROBLEM = tasks.parse_problem("arith", "2*3+4")
-PATHS = [  # (steps, answer, probability)
+PATHS = [  # (steps as the model writes them: numbers in the thinking units digit first, answer, probability)
     (["2*3=5;5+4", "5+4=9;9"], "9", 0.20),
     (["2*3=5;5+4", "5+4=11;11"], "11", 0.20),
-    (["2*3=6;6+4", "6+4=10;10"], "10", 0.35),
-    (["2*3=8;8+4", "8+4=12;12"], "12", 0.125),
-    (["2*3=8;8+4", "8+4=13;13"], "13", 0.125),
+    (["2*3=6;6+4", "6+4=01;01"], "10", 0.35),
+    (["2*3=8;8+4", "8+4=21;21"], "12", 0.125),
+    (["2*3=8;8+4", "8+4=31;31"], "13", 0.125),
 ]
-SINGLE_PATH = [(["2*3=6;6+4", "6+4=10;10"], "10", 1.0)]
+SINGLE_PATH = [(["2*3=6;6+4", "6+4=01;01"], "10", 1.0)]
 
 
 @functools.lru_cache(maxsize=None)

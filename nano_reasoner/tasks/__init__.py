@@ -4,7 +4,9 @@ The toy reasoning tasks: problems whose every step can be checked exactly.
 Two tasks, one file each: `arith.py` (evaluate an expression one operation per step) and `countdown.py` (combine
 numbers to reach a target). `trace.py` holds the trace format they share and its parser; `expr.py` the safe parser of
 integer expressions that both use instead of eval. This file routes a task name to its module, so callers write
-`tasks.verify(problem, completion)` whatever the task.
+`tasks.verify(problem, completion)` whatever the task, and it is where the digit order of the trace format is
+applied (trace.py): the task modules build and check steps in reading order (`38*2=76`), the model reads and writes
+them units digit first (`83*2=67`). Everything outside the tasks package sees the model's order only.
 
 Each task module offers the same functions:
     generate(n, seed, difficulties) -> [Problem]      seeded problem generator by difficulty
@@ -15,8 +17,8 @@ Each task module offers the same functions:
     corrupt(problem, rng, fine) -> (steps, answer, i)  a trace with one wrong step i and a consistent continuation
 """
 from nano_reasoner.tasks import arith, countdown
-from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Problem, ProblemError, Verdict,
-                                       format_completion, format_prompt, parse_completion)
+from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Problem, ProblemError, Verdict, flip_digits,
+                                       flip_thinking, format_completion, format_prompt, parse_completion)
 
 TASKS = {"arith": arith, "countdown": countdown}
 
@@ -37,19 +39,26 @@ def parse_problem(task, text):
 
 
 def solve(problem, fine=False):
-    return module(problem.task).solve(problem, fine)
+    steps, answer = module(problem.task).solve(problem, fine)
+    return [flip_digits(step) for step in steps], answer
 
 
 def verify(problem, completion):
+    if isinstance(completion, ParsedCompletion):
+        completion = ParsedCompletion([flip_digits(step) for step in completion.steps], completion.answer,
+                                      completion.is_well_formed, completion.reason)
+    else:
+        completion = flip_thinking(completion)
     return module(problem.task).verify(problem, completion)
 
 
 def step_labels(problem, steps):
-    return module(problem.task).step_labels(problem, steps)
+    return module(problem.task).step_labels(problem, [flip_digits(step) for step in steps])
 
 
 def corrupt(problem, rng, fine=False):
-    return module(problem.task).corrupt(problem, rng, fine)
+    steps, answer, bad_index = module(problem.task).corrupt(problem, rng, fine)
+    return [flip_digits(step) for step in steps], answer, bad_index
 
 
 def full_trace(problem, fine=False):

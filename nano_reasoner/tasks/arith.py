@@ -11,6 +11,9 @@ Chain of thought: each step applies the next operation in evaluation order (the 
     7+76=83;83-15
     83-15=68;68
 
+The steps are shown, built and checked here in reading order; the model writes every number of its thinking units
+digit first (`83*2=67;7+67-51`), and tasks/__init__.py flips between the two (trace.py explains why).
+
 Two granularities. Coarse (above) does each operation in one equation. Fine works a multiplication of two
 multi-digit numbers through partial products, the way it is done on paper, which spends more thinking tokens on the
 hardest operation: `38*27=38*20+38*7=760+266=1026;...`. Both are checked the same way: every `=` in the chain joins

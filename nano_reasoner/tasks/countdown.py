@@ -14,6 +14,10 @@ used are removed, the result is appended):
     7*6=42;3 42
     ...
 
+Shown, built and checked here in reading order; the model writes the numbers of its thinking units digit first
+(`52-91=6;3 7 6`, `7*6=24;3 24`) and tasks/__init__.py flips between the two (trace.py explains why). The final
+answer expression keeps the usual order.
+
 Rules of a step: `a+b`, `a*b`, or `a-b` with a > b (no zero or negative numbers, no division), where a and b are two
 of the numbers left (a number given twice may be used twice). The final answer may be written with any parentheses;
 it is checked exactly: parsed (never eval'd), its numbers must come from the given ones, each at most once, and its

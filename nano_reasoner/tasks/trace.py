@@ -6,18 +6,31 @@ and `</think>` and rewards that format). Here a trace is plain text, one reasoni
 
     arith: 7+38*2-15            <- prompt: task tag, problem
     <think>                     <- prompt ends here; the model writes the rest
-    38*2=76;7+76-15             <- step: one operation, then the state it leaves
-    7+76=83;83-15
-    83-15=68;68
+    83*2=67;7+67-51             <- step: one operation, then the state it leaves
+    7+67=38;38-51                  (numbers in the thinking are written units digit first)
+    38-51=86;86
     </think>
-    68                          <- the final answer, then the end-of-sequence token
+    68                          <- the final answer, in the usual order, then the end-of-sequence token
 
 Exact bytes: prompt = f"{task}: {problem}\\n<think>\\n"; completion = "".join(step + "\\n" for each step) +
 "</think>\\n" + answer. The tokenizer adds an end-of-sequence token after the answer. A step is everything up to a
 newline, so step-level search can stop the sampler at the newline token; a step holds no newline and no `<think>`.
 
+Digit order. Inside the thinking every number is written units digit first: 76 is written `67`, 1026 is `6201`.
+A model writes left to right, and the units digit of a sum or a product is the one that depends on the fewest
+digits of the operands; the leading digit depends on every carry below it. Written in the usual order, a tiny model
+must settle all the carries before it writes the first digit, and its errors are exactly there (before this
+choice, 1-operation sums were off by ten in most failures: `38+24=52`). Written units first, each digit needs only
+the operands' digits in that column and the carry it has just written, which is how people add on paper.
+"Teaching Arithmetic to Small Transformers" (Lee et al., arXiv 2307.03381) found the reversed output learns
+addition with several times fewer examples; here it more than doubled the accuracy that the tiny pre-training
+reaches in its 10 minutes (README). The problem and the final answer keep the usual order, so only the model's
+scratch work looks unusual. `flip_digits` turns a step from one order to the other (it is its own inverse);
+the task files check steps in reading order, and tasks/__init__.py flips between the two.
+
 Each task file (arith.py, countdown.py) says what a step line holds for that task.
 """
+import re
 from dataclasses import dataclass, field
 
 THINK = "<think>"
@@ -55,6 +68,21 @@ def format_prompt(problem):
 
 def format_completion(steps, answer):
     return "".join(step + "\n" for step in steps) + f"{END_THINK}\n{answer}"
+
+
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+def flip_digits(text):
+    """Reverse every run of digits: '38*2=76;7+76' <-> '83*2=67;7+67'. Applying it twice gives the text back."""
+    return _DIGIT_RUN.sub(lambda match: match.group()[::-1], text)
+
+
+def flip_thinking(completion):
+    """A completion with the digits of its thinking flipped (see Digit order) and the answer lines untouched."""
+    lines = to_text(completion).split("\n")
+    end = lines.index(END_THINK) if END_THINK in lines else len(lines)
+    return "\n".join([flip_digits(line) for line in lines[:end]] + lines[end:])
 
 
 def to_text(data):
