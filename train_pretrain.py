@@ -28,7 +28,7 @@ from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 
 PRESETS = {
     #        layers, embd, heads, block, batch, steps, lr, problems per task
-    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=32, steps=5200, lr=2e-3, train_problems=40000),
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=32, steps=4800, lr=2e-3, train_problems=40000),
     "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000),
     "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000),
 }
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
     # evaluation and output
-    parser.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations (default 250)")
+    parser.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (default 500)")
     parser.add_argument("--eval-problems", type=int, default=500, help="held-out problems per task at the end (default 500)")
     parser.add_argument("--log-every", type=int, default=25, help="steps between progress lines (default 25)")
     parser.add_argument("--save-every", type=int, default=250, help="steps between checkpoints (default 250)")

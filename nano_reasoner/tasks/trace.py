@@ -23,7 +23,7 @@ must settle all the carries before it writes the first digit, and its errors are
 choice, 1-operation sums were off by ten in most failures: `38+24=52`). Written units first, each digit needs only
 the operands' digits in that column and the carry it has just written, which is how people add on paper.
 "Teaching Arithmetic to Small Transformers" (Lee et al., arXiv 2307.03381) found the reversed output learns
-addition with several times fewer examples; here it more than doubled the accuracy that the tiny pre-training
+addition with several times fewer examples; here it about doubled the accuracy that the tiny pre-training
 reaches in its 10 minutes (README). The problem and the final answer keep the usual order, so only the model's
 scratch work looks unusual. `flip_digits` turns a step from one order to the other (it is its own inverse);
 the task files check steps in reading order, and tasks/__init__.py flips between the two.
