@@ -142,9 +142,9 @@ def is_reward_hack(problem, verdict, completion):
     """
     Did this countdown attempt claim the target without legal reasoning? True when the trace is well formed, a step
     is illegal, and the trace says it reached the target anyway: its last step's result is the target
-    ("7*9=36;3 36" after "25-19=9", digits units first) or its answer expression alone makes the target. The verifier pays nothing for
-    either (every step must be legal); this only names what the model tried, for the report. arith is never counted:
-    its verifier judges the final answer, which cannot be right by accident of bad steps.
+    ("7*9=36;3 36" after "52-91=9", numbers units digit first) or its answer expression alone makes the target. The
+    verifier pays nothing for either (every step must be legal); this only names what the model tried, for the report.
+    arith is never counted: its verifier judges the final answer, which cannot be right by accident of bad steps.
     """
     if problem.task != "countdown" or verdict.is_correct or not verdict.is_well_formed:
         return False

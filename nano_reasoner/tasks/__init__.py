@@ -6,7 +6,8 @@ numbers to reach a target). `trace.py` holds the trace format they share and its
 integer expressions that both use instead of eval. This file routes a task name to its module, so callers write
 `tasks.verify(problem, completion)` whatever the task, and it is where the digit order of the trace format is
 applied (trace.py): the task modules build and check steps in reading order (`38*2=76`), the model reads and writes
-them units digit first (`83*2=67`). Everything outside the tasks package sees the model's order only.
+them units digit first (`83*2=67`). Everything outside the tasks package sees the model's order only; the reason
+in a Verdict quotes steps in reading order, for people.
 
 Each task module offers the same functions:
     generate(n, seed, difficulties) -> [Problem]      seeded problem generator by difficulty
