@@ -7,8 +7,10 @@ Use a trained policy: solve one problem, or a JSONL file of problems, with a tes
     python infer.py --ckpt runs/tiny/pretrain/ckpt.pt --scaling --verifier runs/tiny/prm/ckpt.pt --orm runs/tiny/prm/orm.pt
 
 Strategies (nano_reasoner/search.py and mcts.py): greedy, sample (one at --temperature), vote (majority of --budget
-samples), bon (best of --budget by the verifier), wvote (votes weighted by verifier scores), beam (PRM step-level
-beam search, --budget expansions per step), mcts (MCTS over steps, --budget samples' worth of tokens).
+samples), bon (best of --budget by the verifier), wvote (votes weighted by verifier scores), check (countdown only:
+the first of --budget samples that the task's checker accepts), beam (PRM step-level beam search, --budget
+expansions per step), mcts (MCTS over steps, --budget samples' worth of tokens; on countdown the checker judges
+finished solutions, --no-checker leaves it to the PRM).
 
 One problem: prints the trace (numbers in the thinking are written units digit first, see tasks/trace.py), the same
 thinking in reading order, the answer, the verdict and the compute spent. A problems file: each input line is
@@ -50,12 +52,14 @@ def parse_args():
                         help="step scores -> solution score (default: min for a PRM, last for an ORM)")
     parser.add_argument("--beam-width", type=int, default=None, help="beams kept per step (default budget // 4, at least 1)")
     parser.add_argument("--c-puct", type=float, default=1.0, help="MCTS exploration constant (default 1.0)")
-    parser.add_argument("--children", type=int, default=4, help="MCTS next steps sampled per expansion (default 4)")
+    parser.add_argument("--rollouts", type=int, default=2, help="MCTS rollouts per expansion (default 2)")
+    parser.add_argument("--no-checker", action="store_true",
+                        help="MCTS on countdown: value finished solutions by the PRM, not by the task's checker")
     parser.add_argument("--pick", choices=("visits", "value"), default="visits",
                         help="MCTS answer: the most visited path or the best-scored finished solution (default visits)")
     # decoding
     parser.add_argument("--temperature", type=float, default=None,
-                        help="0 = greedy; default 0 for greedy and 0.5 for every sampling strategy (the tiny policy's samples at 1.0 are mostly wrong)")
+                        help="0 = greedy; default 0 for greedy, 1.0 for mcts (a tree needs diverse rollouts) and 0.5 for every other sampling strategy (the tiny policy's samples at 1.0 are mostly wrong); the --scaling sweep runs MCTS at 1.0")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -91,8 +95,13 @@ def parse_args():
             raise UserError("--out is the --problems file: write the results to another file")
     if args.temperature is None:
         args.temperature = 0.0 if args.strategy == "greedy" and not args.scaling else 0.5
-    if args.budget < 1 or args.children < 1 or (args.beam_width is not None and args.beam_width < 1):
-        raise UserError("--budget, --children and --beam-width must be at least 1")
+        if args.strategy == "mcts" and not args.scaling:
+            args.temperature = scaling.MCTS_TEMPERATURE
+    if args.budget < 1 or args.rollouts < 1 or (args.beam_width is not None and args.beam_width < 1):
+        raise UserError("--budget, --rollouts and --beam-width must be at least 1")
+    if args.strategy == "check" and not args.scaling and args.task != "countdown":
+        raise UserError(f"--strategy check needs a task whose answers can be checked without solving it: countdown, "
+                        f"not {args.task}")
     if args.strategy in NEEDS_VERIFIER and not args.verifier:
         raise UserError(f"--strategy {args.strategy} needs a verifier: pass --verifier runs/tiny/prm/ckpt.pt")
     return args
@@ -149,7 +158,7 @@ def run_scaling(args, model, tokenizer, device):
     orm_verifier = load_verifier(args.orm, device, tokenizer)
     task_names = [args.task] if args.task else list(tasks.TASKS)
     held_out = held_out_problems(args.scaling_problems, seed=1337)
-    mcts_options = dict(children_per_expansion=args.children, c_puct=args.c_puct)
+    mcts_options = dict(rollouts_per_expansion=args.rollouts, c_puct=args.c_puct)
     started, records, plot_files = time.time(), [], {}
     for task in task_names:
         records += scaling.sweep_task(task, model, tokenizer, held_out[task], prm_verifier, orm_verifier,
@@ -195,7 +204,8 @@ def main():
         answers = scaling.run_strategy(args.strategy, model, tokenizer, problems, args.budget, verifier=verifier,
                                        temperature=args.temperature, how=how, seed=args.seed,
                                        beam_width=args.beam_width,
-                                       mcts_options=dict(children_per_expansion=args.children, c_puct=args.c_puct,
+                                       mcts_options=dict(rollouts_per_expansion=args.rollouts, c_puct=args.c_puct,
+                                                         use_checker=not args.no_checker,
                                                          pick=args.pick))
     verdicts = [tasks.verify(answer.problem, answer.completion) for answer in answers]
 

@@ -2,65 +2,90 @@
 MCTS decoding: grow a tree of partial solutions, one reasoning step per edge, and spend samples where they pay.
 
 Best-of-N spends every sample on a whole solution from scratch; if the first step is usually wrong, most of the
-budget dies there. A tree search shares prefixes: a good first step is sampled once and many second steps are
-tried from it. Monte-Carlo tree search with PUCT (AlphaZero, "Mastering Chess and Shogi by Self-Play with a General
+budget dies there. A tree search shares prefixes: a good first step is sampled once and many continuations are tried
+from it. Monte-Carlo tree search with PUCT (AlphaZero, "Mastering Chess and Shogi by Self-Play with a General
 Reinforcement Learning Algorithm", Silver et al., arXiv 1712.01815) decides where to look next by balancing what a
 branch has been worth so far (Q) against how likely the policy thinks it is and how rarely it has been tried (U).
 For language models the action is one whole reasoning step, as in ReST-MCTS* (arXiv 2406.03816) and rStar-Math
 (arXiv 2501.04519); our tasks write one step per line, so a step ends at the newline token.
 
     node      a partial solution that ends at a step boundary (or with eos: a terminal node, a finished solution)
-    action    the next step, sampled from the policy at temperature T until a newline or eos
-    prior     P(s, a) = pi(a | s) / sum_b pi(b | s) over the sampled siblings, pi(a | s) = exp(sum of the step's
-              token log-probs)
-    value     v(s) = the PRM's score at the node's newest step end: the probability that the solution is still sound
+    action    the next step; its prior P(s, a) = pi(a | s) / sum_b pi(b | s) over the children found so far,
+              pi(a | s) = exp(sum of the step's token log-probs)
+    value     v(s) = the PRM's score at the node's step end: the probability that the solution is still sound.
+              A finished solution of a task with a test-time checker (countdown) is valued by the checker
+              instead: 1 when it is right, 0 when not, like the win or loss at the end of a game in AlphaZero.
 
 Each round runs four numbered stages, for every problem's tree at once:
 
     (1) select    from the root, repeatedly take the child maximising
-                  Q(s, a) + c_puct * P(s, a) * sqrt(N(s)) / (1 + N(s, a)) until a leaf. Several leaves are selected
-                  per tree per round; a "virtual visit" (counted as a visit worth 0) on each path pushes the next
-                  selection elsewhere.
-    (2) expand    every selected unexpanded leaf: sample `children_per_expansion` next steps. All leaves of all trees go
-                  through ONE sampler call (each leaf's prefix is a prompt forked into that many rows); identical
-                  sampled steps are merged into one child.
-    (3) evaluate  every new child with the PRM, in ONE verifier call; the leaf's own value was computed when it was
-                  created, so the selected leaf is evaluated by reading it.
-    (4) back up   the leaf's value along its path: N += 1 and W += v for every node on it; Q = W / N.
+                  Q(s, a) + c_puct * P(s, a) * sqrt(N(s)) / (1 + N(s, a)) until a node that may widen (below) or a
+                  finished solution. Several nodes are selected per tree per round; a "virtual visit" (counted as a
+                  visit worth 0) on each path pushes the next selection elsewhere.
+    (2) expand    from every selected node, roll out `rollouts_per_expansion` continuations to the end of the
+                  solution: all nodes of all trees in ONE sampler call (each node's prefix is a prompt forked into
+                  that many rows). Each rollout is cut into steps and grafted onto the tree: a step the tree already
+                  has is shared, a new one becomes a new node. So every token generated stays in the tree.
+    (3) evaluate  every rollout with the PRM, in ONE verifier call: the score at each step end is that node's value;
+                  each finished rollout is also judged by the checker where the task has one.
+    (4) back up   for each rollout, mix the PRM's value v of its first new step with its outcome z (the value of
+                  its last node), as AlphaGo mixed its value network with rollouts ("Mastering the game of Go with
+                  deep neural networks and tree search", Silver et al. 2016): b = (1 - mix) * v + mix * z; then
+                  N += 1 and W += b for every node on its whole path, root to end, so Q = W / N. With a checker, z
+                  is 0 for every failed rollout, and v keeps the branches the PRM trusts ahead of the others.
+                  A selected finished solution is not expanded: its own value is backed up again.
 
-A tree stops when its budget of generated tokens (N samples' worth, compute.sample_tokens) is spent. The answer is
-the most visited path (AlphaZero's play rule) or, with pick="value", the terminal node with the best aggregated PRM
-score. If the most visited path does not reach a finished solution, it is completed greedily (charged).
+Progressive widening (Coulom, "Computing Elo Ratings of Move Patterns in the Game of Go", 2007; Chaslot et al.
+2008). A game has a fixed list of moves; a language model has endless possible next steps, of which the rollouts so
+far found a few. A node visited N times may hold up to ceil(widening * sqrt(N + 1)) children: selection stops at a
+node with fewer, and new rollouts are drawn from there. A node whose children already hold 95% of the policy's
+probability of the next step (sum of pi(a | s)) is saturated: more samples would only repeat them, so it is not
+widened again. This is what stops the search from re-sampling `</think>` after a finished last step.
 
-Simplifications compared with the papers: no rollouts (the leaf value is the PRM's score alone: a rollout checked by
-the exact verifier would need the true answer for arith, which a fair decoder does not have); an unvisited child's Q
-is its own PRM value (instead of a first-play-urgency constant); priors are normalised over the sampled siblings only;
-no Dirichlet noise at the root; no tree reuse between problems; each expansion re-prefills its whole prefix instead of
-reusing the parent's KV cache (the waste is counted as redundant prefill in compute.py).
+A tree stops when its budget of generated tokens (N samples' worth, compute.sample_tokens) is spent, or as soon as
+the checker accepts one of its finished solutions, which is then the answer. Otherwise the answer is the end of the
+most visited path (AlphaZero's play rule) or, with pick="value", the finished solution with the best aggregated PRM
+score.
+
+The checker (tasks.check) reads only the problem: a countdown answer is checked from the numbers and the target,
+without a stored solution, the way a program is checked by its tests. Arith has no such checker (checking its answer
+means computing it), so there the PRM alone values finished solutions; use_checker=False does the same on countdown,
+to see what the PRM alone is worth.
+
+Simplifications compared with the papers: rollouts come from the policy itself at the search temperature (no
+separate fast rollout policy); priors are normalised over the children found so far; no Dirichlet noise at the root;
+no tree reuse between problems; each expansion re-prefills its whole prefix instead of reusing the parent's KV cache
+(the waste is counted as redundant prefill in compute.py).
 """
 import math
 from dataclasses import dataclass, field
 
+from nano_reasoner import tasks
 from nano_reasoner.compute import Compute, sample_tokens
 from nano_reasoner.prm import aggregate
-from nano_reasoner.search import Answer, encode_prompts, sample_rows
+from nano_reasoner.sampling import generate
+from nano_reasoner.search import MAX_LENGTH_FACTOR, MAX_ROWS_PER_CALL, Answer, encode_prompts
+
+SATURATED_MASS = 0.95  # a node whose children hold this much of pi( . | s) is not widened again
 
 
 @dataclass
 class Node:
     tokens: list                  # the completion up to here
     prior: float                  # P(s, a) of the step that led here, normalised over its siblings
-    value: float                  # v: the PRM's score at the newest step end (0 for a step cut off before its end)
+    value: float                  # v: the PRM's score at this step's end, or the checker's verdict (0 for a cut step)
     step_scores: list             # PRM scores at every step end of `tokens`
-    is_terminal: bool             # eos written, a broken step, or no room left in the context
+    is_terminal: bool             # eos written, or cut off without finishing its step
     parent: "Node | None" = None
     children: list = field(default_factory=list)
     visits: int = 0               # N(s, a)
     value_sum: float = 0.0        # W(s, a)
     virtual_visits: int = 0       # pending selections of this round
+    logprob: float = 0.0          # log pi(a | s) of the step that led here, summed over its tokens
+    saturated: bool = False       # its children hold SATURATED_MASS of pi( . | s): do not widen again
 
     def q(self):
-        """Q(s, a) = W / N; an unvisited node is worth its own PRM value."""
+        """Q(s, a) = W / N; a node not yet visited is worth its own value."""
         seen = self.visits + self.virtual_visits
         return self.value_sum / seen if seen else self.value
 
@@ -70,11 +95,21 @@ def puct(child, parent_visits, c_puct):
     return child.q() + c_puct * child.prior * math.sqrt(parent_visits) / (1 + child.visits + child.virtual_visits)
 
 
-def select(root, c_puct):
-    """(1) The path from the root to a leaf, taking the PUCT-best child at every node (ties: the first child)."""
+def may_widen(node, widening):
+    """Progressive widening: a node that is not finished or saturated may hold ceil(widening * sqrt(N + 1))
+    children; one with fewer (a leaf has none) gets new rollouts."""
+    if node.is_terminal or node.saturated:
+        return False
+    return not node.children or (widening is not None and
+                                 len(node.children) < math.ceil(widening * math.sqrt(node.visits + 1)))
+
+
+def select(root, c_puct, widening=None):
+    """(1) The path from the root to a node to expand (one that may widen) or to a finished solution, taking the
+    PUCT-best child at every node on the way (ties: the first child). widening=None: only leaves are expanded."""
     path = [root]
     node = root
-    while node.children and not node.is_terminal:
+    while node.children and not may_widen(node, widening):
         parent_visits = node.visits + node.virtual_visits
         node = max(node.children, key=lambda child: puct(child, parent_visits, c_puct))
         path.append(node)
@@ -88,79 +123,99 @@ def backup(path, value):
         node.value_sum += value
 
 
-def add_children(node, steps, logprob_sums, hit_stop, step_scores, eos_id):
-    """(2)+(3) Attach the sampled steps as children of `node`: duplicates merged, priors normalised over the rest.
-    steps[i] are the new tokens, step_scores[i] the PRM scores of node.tokens + steps[i]."""
-    assert len(steps) == len(logprob_sums) == len(hit_stop) == len(step_scores)
-    log_norm = math.log(sum(math.exp(lp) for lp in logprob_sums))
-    for step, logprob, is_stop, scores in zip(steps, logprob_sums, hit_stop, step_scores):
-        # P(s, a) = exp(log pi(a|s) - log sum_b pi(b|s))
-        prior = math.exp(logprob - log_norm)
-        value = scores[-1] if (is_stop and scores) else 0.0
-        is_terminal = step[-1] == eos_id or not is_stop
-        node.children.append(Node(node.tokens + step, prior, value, list(scores), is_terminal, parent=node))
+def split_steps(tokens, logprobs, step_end_id, eos_id):
+    """A rollout -> [(step tokens, step log-prob, is_complete)]: steps end at a step_end or eos token (kept); tokens
+    after the last of them (the rollout ran out of room) form a last, incomplete step."""
+    steps, start = [], 0
+    for index, token in enumerate(tokens):
+        if token == step_end_id or token == eos_id:
+            steps.append((tokens[start:index + 1], sum(logprobs[start:index + 1]), True))
+            start = index + 1
+            if token == eos_id:
+                return steps
+    if start < len(tokens):
+        steps.append((tokens[start:], sum(logprobs[start:]), False))
+    return steps
 
 
-def distinct_steps(rows, logprob_sums, hit_stop):
-    """Keep the first of identical sampled steps -> (rows, logprob sums, hit_stop) without repeats."""
-    seen, kept = set(), ([], [], [])
-    for row, logprob, is_stop in zip(rows, logprob_sums, hit_stop):
-        if tuple(row) not in seen:
-            seen.add(tuple(row))
-            kept[0].append(row)
-            kept[1].append(logprob)
-            kept[2].append(is_stop)
-    return kept
+def graft(node, steps, scores, eos_id, checker=None):
+    """(2)+(3) Hang one rollout below `node`, step by step, sharing the steps the tree already has.
+    steps: split_steps of the rollout; scores: the PRM's scores at the step ends of node.tokens + rollout (so the
+    first len(node.step_scores) belong to node's own prefix). checker(tokens) -> bool values a finished solution.
+    -> the path of nodes below `node`, down to the rollout's end."""
+    path, parent = [], node
+    for depth, (step, logprob, is_complete) in enumerate(steps):
+        tokens = parent.tokens + step
+        child = next((c for c in parent.children if c.tokens == tokens), None)
+        if child is None:
+            step_scores = scores[:len(node.step_scores) + depth + 1] if is_complete else list(parent.step_scores)
+            is_finished = step[-1] == eos_id
+            value = step_scores[-1] if is_complete and step_scores else 0.0
+            if is_finished and checker is not None:
+                value = 1.0 if checker(tokens) else 0.0
+            child = Node(tokens, 0.0, value, step_scores, is_finished or not is_complete, parent=parent,
+                         logprob=logprob)
+            parent.children.append(child)
+            # P(s, a) = exp(log pi(a|s) - log sum_b pi(b|s)), over every child found so far
+            log_norm = math.log(sum(math.exp(c.logprob) for c in parent.children))
+            for c in parent.children:
+                c.prior = math.exp(c.logprob - log_norm)
+            # the children found so far hold nearly all of pi( . | s): more samples would only repeat them
+            parent.saturated = sum(math.exp(c.logprob) for c in parent.children) >= SATURATED_MASS
+        path.append(child)
+        parent = child
+    return path
 
 
 @dataclass
 class Tree:
+    problem: tasks.Problem
     prompt: list
     root: Node
     compute: Compute
     budget_tokens: int
+    checker: object = None        # tokens -> bool: the task's test-time checker, or None
+    solved: "Node | None" = None  # the first finished solution the checker accepted
     simulations: int = 0
 
 
-def expand(trees_and_leaves, policy, tokenizer, verifier, *, children_per_expansion, temperature, max_step_tokens,
-           seed):
-    """(2) and (3) for many leaves at once: one sampler call for all of them, one verifier call for all children."""
-    block_size = policy.config.block_size
-    jobs = []
-    for tree, leaf in trees_and_leaves:
-        if len(tree.prompt) + len(leaf.tokens) >= block_size:
-            leaf.is_terminal = True  # no room left to write another step
-        else:
-            jobs.append((tree, leaf))
-    if not jobs:
-        return
-    prefixes = [tree.prompt + leaf.tokens for tree, leaf in jobs]
-    room = block_size - max(len(prefix) for prefix in prefixes)
-    k = children_per_expansion
-    rows, logprob_sums, hit_stop = sample_rows(policy, tokenizer, prefixes, k, min(max_step_tokens, room),
-                                               temperature=temperature, seed=seed,
-                                               stop_ids=[tokenizer.eos_id, tokenizer.step_end_id])
-    children_of_job = []
-    for j, (tree, leaf) in enumerate(jobs):
-        prefix_length = len(prefixes[j])
+def expand(selections, policy, tokenizer, verifier, *, rollouts_per_expansion, mix, temperature, seed):
+    """(2), (3) and (4) for many selected nodes at once: one sampler call rolls out all of them, one verifier call
+    scores all rollouts, and each rollout is grafted and backed up. selections: (tree, path to the node)."""
+    k = rollouts_per_expansion
+    prefixes = [tree.prompt + path[-1].tokens for tree, path in selections]
+    longest_solution = max(MAX_LENGTH_FACTOR * sample_tokens(tokenizer, tree.problem.task, tree.problem.difficulty)
+                           for tree, _ in selections)
+    room = min(policy.config.block_size - max(len(prefix) for prefix in prefixes), longest_solution)
+    rows, row_logprobs = [], []
+    per_call = max(1, MAX_ROWS_PER_CALL // k)
+    for start in range(0, len(prefixes), per_call):
+        result = generate(policy, prefixes[start:start + per_call], room, num_samples=k, temperature=temperature,
+                          stop_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, seed=seed + start)
+        for row in range(result.tokens.shape[0]):
+            rows.append(result.row_tokens(row))
+            row_logprobs.append(result.logprobs[row, :len(rows[-1])].tolist())
+    completions = [path[-1].tokens + rows[i * k + j] for i, (_, path) in enumerate(selections) for j in range(k)]
+    prompts = [tree.prompt for tree, _ in selections for _ in range(k)]
+    all_scores = verifier.score_steps(prompts, completions)
+    for index, (tree, path) in enumerate(selections):
+        node = path[-1]
         # a prefix KV cache would already hold all of the prefix but its newest token (never fed back)
-        redundant = 0 if leaf is tree.root else prefix_length - 1
-        tree.compute.add_policy(prefill_tokens=prefix_length, row_lengths=[len(r) for r in rows[j * k:(j + 1) * k]],
-                                redundant_prefill_tokens=redundant)
-        children_of_job.append(distinct_steps(rows[j * k:(j + 1) * k], logprob_sums[j * k:(j + 1) * k],
-                                              hit_stop[j * k:(j + 1) * k]))
-    verifier_prompts, verifier_completions = [], []
-    for (tree, leaf), (steps, _, _) in zip(jobs, children_of_job):
-        verifier_prompts += [tree.prompt] * len(steps)
-        verifier_completions += [leaf.tokens + step for step in steps]
-    all_scores = verifier.score_steps(verifier_prompts, verifier_completions)
-    start = 0
-    for (tree, leaf), (steps, logprobs, stops) in zip(jobs, children_of_job):
-        scores = all_scores[start:start + len(steps)]
-        tree.compute.add_verifier(verifier.count_tokens(verifier_prompts[start:start + len(steps)],
-                                                        verifier_completions[start:start + len(steps)]))
-        start += len(steps)
-        add_children(leaf, steps, logprobs, stops, scores, tokenizer.eos_id)
+        tree.compute.add_policy(prefill_tokens=len(prefixes[index]),
+                                row_lengths=[len(row) for row in rows[index * k:(index + 1) * k]],
+                                redundant_prefill_tokens=0 if node is tree.root else len(prefixes[index]) - 1)
+        tree.compute.add_verifier(verifier.count_tokens(prompts[index * k:(index + 1) * k],
+                                                        completions[index * k:(index + 1) * k]))
+        for j in range(index * k, (index + 1) * k):
+            steps = split_steps(rows[j], row_logprobs[j], tokenizer.step_end_id, tokenizer.eos_id)
+            below = graft(node, steps, all_scores[j], tokenizer.eos_id, tree.checker) if steps else []
+            end = below[-1] if below else node
+            first = below[0] if below else node
+            # AlphaGo's leaf evaluation: (1 - mix) * v(the first new step) + mix * z(the rollout's end)
+            backup(path + below, (1 - mix) * first.value + mix * end.value)
+            tree.simulations += 1
+            if tree.checker is not None and end.is_terminal and end.value == 1.0 and tree.solved is None:
+                tree.solved = end
 
 
 def best_terminal(root, how):
@@ -176,7 +231,7 @@ def best_terminal(root, how):
 
 
 def most_visited_path_end(root):
-    """Follow the most visited child (ties: the higher Q) from the root to a leaf."""
+    """Follow the most visited child (ties: the higher Q) from the root to the end of a solution."""
     node = root
     while node.children:
         node = max(node.children, key=lambda child: (child.visits, child.q()))
@@ -185,76 +240,70 @@ def most_visited_path_end(root):
 
 def mcts(policy, tokenizer, problems, verifier, budget, *, pick="visits", how="min", seed=0, **search_options):
     """Solve each problem with MCTS over steps, spending about `budget` samples' worth of generated tokens.
-    pick: "visits" (the most visited path) or "value" (the best terminal by aggregated PRM score)."""
+    pick: "visits" (the end of the most visited path) or "value" (the finished solution with the best aggregated
+    PRM score); a solution the checker accepted comes first. search_options: see grow_trees."""
     assert pick in ("visits", "value")
     trees = grow_trees(policy, tokenizer, problems, verifier, budget, seed=seed, **search_options)
-    return [finish(tree, problem, policy, tokenizer, pick, how, seed) for tree, problem in zip(trees, problems)]
+    answers = []
+    for tree, problem in zip(trees, problems):
+        node = tree.solved or (best_terminal(tree.root, how) if pick == "value" else most_visited_path_end(tree.root))
+        answers.append(Answer(problem, tokenizer.decode(node.tokens), node.tokens, tree.compute,
+                              aggregate(node.step_scores, how), candidates=_count_terminals(tree.root)))
+    return answers
 
 
-def grow_trees(policy, tokenizer, problems, verifier, budget, *, children_per_expansion=4, leaves_per_round=2,
-               c_puct=1.0, temperature=1.0, max_step_tokens=64, max_simulations=None, seed=0):
-    """One search tree per problem, all grown together until each has spent its token budget."""
+def grow_trees(policy, tokenizer, problems, verifier, budget, *, rollouts_per_expansion=2, expansions_per_round=2,
+               c_puct=1.0, widening=1.0, mix=0.8, temperature=1.0, max_simulations=None, use_checker=True, seed=0):
+    """One search tree per problem, all grown together until each has spent its token budget or is solved.
+    widening: the progressive-widening constant (None: expand leaves only). mix: the weight of a rollout's outcome
+    against the PRM's value of its first step in what is backed up. use_checker: value finished solutions by the
+    task's test-time checker where it has one (countdown)."""
     assert verifier is not None, "MCTS takes its values from a verifier: give one"
     assert budget >= 1
     max_simulations = max_simulations or 8 * budget + 16
     prompts = encode_prompts(tokenizer, problems)
-    trees = [Tree(prompt, Node([], 1.0, 1.0, [], False), Compute(policy.num_params(), verifier.params),
-                  budget * sample_tokens(tokenizer, problem.task, problem.difficulty))
+
+    def checker_of(problem):
+        if not (use_checker and tasks.checkable_at_test_time(problem.task)):
+            return None
+        return lambda tokens: tasks.check(problem, tokenizer.decode(tokens))
+
+    trees = [Tree(problem, prompt, Node([], 1.0, 1.0, [], False), Compute(policy.num_params(), verifier.params),
+                  budget * sample_tokens(tokenizer, problem.task, problem.difficulty), checker_of(problem))
              for prompt, problem in zip(prompts, problems)]
-    options = dict(children_per_expansion=children_per_expansion, temperature=temperature,
-                   max_step_tokens=max_step_tokens)
-    # the roots are expanded before the first simulation, so the root's children's visits sum to the simulations
-    expand([(tree, tree.root) for tree in trees], policy, tokenizer, verifier, seed=seed, **options)
-    for round_index in range(1, 10 ** 6):
-        active = [tree for tree in trees
-                  if tree.compute.generated_tokens < tree.budget_tokens and tree.simulations < max_simulations]
+    options = dict(rollouts_per_expansion=rollouts_per_expansion, mix=mix, temperature=temperature)
+    for round_index in range(10 ** 6):
+        active = [tree for tree in trees if tree.solved is None
+                  and tree.compute.generated_tokens < tree.budget_tokens and tree.simulations < max_simulations]
         if not active:
             break
-        # (1) select several leaves per tree; virtual visits spread them apart
+        # (1) select several nodes per tree; virtual visits spread them apart
         selections = []
         for tree in active:
-            for _ in range(min(leaves_per_round, max_simulations - tree.simulations)):
-                path = select(tree.root, c_puct)
+            for _ in range(expansions_per_round):
+                path = select(tree.root, c_puct, widening)
                 for node in path:
                     node.virtual_visits += 1
                 selections.append((tree, path))
         for _, path in selections:
             for node in path:
                 node.virtual_visits -= 1
-        # (2) + (3) expand the distinct unexpanded leaves, all trees in one sampler call and one verifier call
-        leaves, seen = [], set()
+        # a selected finished solution: back its value up again (nothing to expand)
+        to_expand, seen = [], set()
         for tree, path in selections:
-            leaf = path[-1]
-            if not leaf.is_terminal and not leaf.children and id(leaf) not in seen:
-                seen.add(id(leaf))
-                leaves.append((tree, leaf))
-        expand(leaves, policy, tokenizer, verifier, seed=seed + 7919 * round_index, **options)
-        # (4) back up each selected leaf's value
-        for tree, path in selections:
-            backup(path, path[-1].value)
-            tree.simulations += 1
+            node = path[-1]
+            if len(tree.prompt) + len(node.tokens) >= policy.config.block_size:
+                node.is_terminal, node.value = True, 0.0  # no room left to write another token
+            if node.is_terminal:
+                backup(path, node.value)
+                tree.simulations += 1
+            elif id(node) not in seen:
+                seen.add(id(node))
+                to_expand.append((tree, path))
+        # (2) + (3) + (4) for every node to expand, all trees in one sampler call and one verifier call
+        if to_expand:
+            expand(to_expand, policy, tokenizer, verifier, seed=seed + 7919 * round_index, **options)
     return trees
-
-
-def finish(tree, problem, policy, tokenizer, pick, how, seed):
-    """The tree's answer: the most visited path or the best terminal; an unfinished path is completed greedily."""
-    node = best_terminal(tree.root, how) if pick == "value" else most_visited_path_end(tree.root)
-    if node is None or not node.is_terminal:
-        node = node or most_visited_path_end(tree.root)
-        prefix = tree.prompt + node.tokens
-        room = policy.config.block_size - len(prefix)
-        tokens = list(node.tokens)
-        if room > 0:
-            rows, _, _ = sample_rows(policy, tokenizer, [prefix], 1, room, temperature=0.0, seed=seed,
-                                     stop_ids=[tokenizer.eos_id])
-            redundant = len(prefix) - 1 if node.tokens else 0
-            tree.compute.add_policy(prefill_tokens=len(prefix), row_lengths=[len(rows[0])],
-                                    redundant_prefill_tokens=redundant)
-            tokens += rows[0]
-        return Answer(problem, tokenizer.decode(tokens), tokens, tree.compute, None,
-                      candidates=_count_terminals(tree.root))
-    return Answer(problem, tokenizer.decode(node.tokens), node.tokens, tree.compute,
-                  aggregate(node.step_scores, how), candidates=_count_terminals(tree.root))
 
 
 def _count_terminals(root):

@@ -11,6 +11,8 @@ large budgets on easy ones; picking the best strategy per difficulty ("compute-o
     (2) greedy once; sample 64 solutions per problem once, score them with the PRM and the ORM, and answer with
         vote / best-of-N (ORM, PRM) / weighted vote on the first N for N = 1, 2, 4, ..., 64 (search.pick_from_pool);
     (3) PRM beam search and MCTS at the same budgets (N samples' worth of tokens);
+        on countdown, which has a test-time checker (tasks.check), also `check` (the first of N samples the checker
+        accepts: pass@N, reached by a real decoder) and `mcts-prm` (MCTS with the PRM alone, checker off);
     (4) record accuracy by difficulty and the mean compute per problem (compute.py), plot accuracy against FLOPs,
         and for each difficulty and compute level name the best strategy (the compute-optimal table).
 
@@ -26,7 +28,8 @@ from nano_reasoner import mcts, search, tasks
 from nano_reasoner.report import markdown_table, plot_panels
 
 BUDGETS = (1, 2, 4, 8, 16, 32, 64)
-SWEEP_STRATEGIES = ("greedy", "vote", "bon-orm", "bon-prm", "wvote", "beam", "mcts")
+MCTS_TEMPERATURE = 1.0  # a tree needs diverse rollouts: MCTS@16 on 200 countdown problems, 61.0% at 1.0, 49.5% at 0.5
+SWEEP_STRATEGIES = ("greedy", "vote", "bon-orm", "bon-prm", "wvote", "check", "beam", "mcts", "mcts-prm")
 
 
 def run_strategy(strategy, policy, tokenizer, problems, budget, *, verifier=None, temperature=1.0, how="min",
@@ -74,8 +77,9 @@ def summarise(task, strategy, budget, answers):
 
 
 def sweep_task(task, policy, tokenizer, problems, prm_verifier, orm_verifier, *, budgets=BUDGETS, temperature=1.0,
-               seed=0, mcts_options=None, log=print):
-    """Every strategy at every budget on one task's problems -> list of records (see summarise)."""
+               mcts_temperature=MCTS_TEMPERATURE, seed=0, mcts_options=None, log=print):
+    """Every strategy at every budget on one task's problems -> list of records (see summarise). Samples for vote,
+    best-of-N and beam are drawn at `temperature`, MCTS rollouts at `mcts_temperature`."""
     records = []
     started = time.time()
 
@@ -85,6 +89,8 @@ def sweep_task(task, policy, tokenizer, problems, prm_verifier, orm_verifier, *,
         log(f"{task} | {strategy}@{budget} | acc {accuracy:.1%} | {time.time() - started:.0f}s")
 
     params = policy.num_params()
+    checkable = tasks.checkable_at_test_time(task)
+    mcts_options = dict(mcts_options or {}, use_checker=True)
     done("greedy", 1, search.greedy(policy, tokenizer, problems, seed=seed))
     # one pool of the largest budget serves vote, best-of-N and weighted vote at every smaller budget
     pools = search.sample_pool(policy, tokenizer, problems, max(budgets), temperature=temperature, seed=seed)
@@ -97,12 +103,18 @@ def sweep_task(task, policy, tokenizer, problems, prm_verifier, orm_verifier, *,
                                  for p in by_prm])
         done("wvote", budget, [search.pick_from_pool(p, budget, "wvote", "min", params, prm_verifier.params)
                                for p in by_prm])
+        if checkable:
+            done("check", budget, [search.pick_from_pool(p, budget, "check", "min", params) for p in pools])
     for budget in budgets:
         done("beam", budget, search.beam_search(policy, tokenizer, problems, prm_verifier, budget,
                                                 temperature=temperature, seed=seed))
     for budget in budgets:
-        done("mcts", budget, mcts.mcts(policy, tokenizer, problems, prm_verifier, budget, temperature=temperature,
-                                       seed=seed, **(mcts_options or {})))
+        done("mcts", budget, mcts.mcts(policy, tokenizer, problems, prm_verifier, budget,
+                                       temperature=mcts_temperature, seed=seed, **mcts_options))
+    for budget in budgets if checkable else ():
+        done("mcts-prm", budget, mcts.mcts(policy, tokenizer, problems, prm_verifier, budget,
+                                           temperature=mcts_temperature, seed=seed,
+                                           **dict(mcts_options, use_checker=False)))
     return records
 
 
@@ -166,11 +178,12 @@ def efficiency(records, task):
 
 
 def headline(records, task, budget=16):
-    """Greedy, best-of-N by PRM, beam and MCTS at one budget (all problems): the numbers the README quotes."""
+    """Greedy, best-of-N by PRM, beam, MCTS (and on countdown check and MCTS without the checker) at one budget
+    (all problems): the numbers the README quotes."""
     pick = {r["strategy"]: r for r in records if r["task"] == task and r["difficulty"] == "all"
             and (r["budget"] == budget or r["strategy"] == "greedy")}
-    return {name: (pick[name]["accuracy"], pick[name]["flops"]) for name in ("greedy", "bon-prm", "beam", "mcts")
-            if name in pick}
+    return {name: (pick[name]["accuracy"], pick[name]["flops"])
+            for name in ("greedy", "bon-prm", "beam", "mcts", "mcts-prm", "check") if name in pick}
 
 
 def report_markdown(records, task_names, plot_files, seconds, num_problems):

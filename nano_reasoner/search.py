@@ -13,6 +13,9 @@ Optimally", Snell et al., arXiv 2408.03314). This file holds the strategies that
                     solution; a PRM scores every step and the scores are aggregated by min, product or last, as in
                     "Let's Verify Step by Step", Lightman et al., arXiv 2305.20050).
     wvote           weighted majority vote: every answer collects the verifier scores of the samples that gave it.
+    check           generate and test, for a task with a test-time checker (countdown, tasks.check): sample N, return
+                    the first that the checker accepts. The checker reads only the problem, so this is best-of-N
+                    with a perfect verifier, and its accuracy is pass@N: the bar a learned verifier aims at.
     beam            step-level beam search guided by a PRM (Snell et al. section 5): (1) expand every beam into
                     N / M next steps, all beams of all problems in one sampler call that stops at the end of a step,
                     (2) score the new prefixes with the PRM, (3) set finished solutions aside, (4) keep the M best
@@ -48,7 +51,7 @@ from nano_reasoner.compute import Compute, sample_tokens
 from nano_reasoner.prm import aggregate
 from nano_reasoner.sampling import generate
 
-STRATEGIES = ("greedy", "sample", "vote", "bon", "wvote", "beam", "mcts")
+STRATEGIES = ("greedy", "sample", "vote", "bon", "wvote", "check", "beam", "mcts")
 MAX_ROWS_PER_CALL = 256  # rows of one sampler call: bounds the KV cache's memory
 MAX_LENGTH_FACTOR = 3    # full samples stop at this many times the tokens of a typical solution
 
@@ -167,7 +170,7 @@ def pool_compute(pool, n, policy_params, verifier_params=0, with_verifier=False)
 
 
 def pick_from_pool(pool, n, strategy, how="min", policy_params=0, verifier_params=0):
-    """Answer a problem with vote / bon / wvote / sample over the first n samples of its pool."""
+    """Answer a problem with vote / bon / wvote / check / sample over the first n samples of its pool."""
     assert 1 <= n <= len(pool.samples), f"the pool holds {len(pool.samples)} samples, asked for {n}"
     uses_verifier = strategy in ("bon", "wvote")
     assert not uses_verifier or pool.step_scores, f"{strategy} needs a pool scored by a verifier"
@@ -181,6 +184,9 @@ def pick_from_pool(pool, n, strategy, how="min", policy_params=0, verifier_param
         chosen = max(range(n), key=lambda i: (counts[pool.keys[i]] if pool.keys[i] is not None else -1, -i))
     elif strategy == "bon":
         chosen = max(range(n), key=lambda i: (scores[i], -i))
+    elif strategy == "check":
+        # the first sample the checker accepts; when none is, the first sample (it is wrong like all the others)
+        chosen = next((i for i in range(n) if tasks.check(pool.problem, pool.texts[i])), 0)
     else:
         assert strategy == "wvote", f"unknown pool strategy {strategy!r}"
         # weight(answer) = sum of the verifier scores of the samples that gave it

@@ -133,7 +133,11 @@ def mutations(completion, rng):
 def fuzz_verifier(task, problem_index, completion, rng):
     problem = PROBLEMS[task][problem_index]
     for variant in [completion] + mutations(completion, rng):
-        check_verdict(problem, variant, tasks.verify(problem, variant))
+        verdict = tasks.verify(problem, variant)
+        check_verdict(problem, variant, verdict)
+        if tasks.checkable_at_test_time(task):
+            # the test-time checker, which never consults the solver, agrees with the verifier
+            assert tasks.check(problem, variant) == verdict.is_correct
 
 
 @settings(FUZZ, max_examples=VERIFIER_EXAMPLES)

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from nano_reasoner import mcts, search, tasks
-from toy_world import PATHS, PROBLEM, TablePolicy, exact_prm, toy_tokenizer
+from toy_world import PATHS, PROBLEM, TablePolicy, constant_verifier, exact_prm, toy_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -59,38 +59,69 @@ def test_virtual_visits_push_the_next_selection_elsewhere():
     assert first[-1] is not second[-1]
 
 
-def test_priors_are_normalised_step_probabilities_and_duplicates_merge():
-    rows, logprobs, stops = mcts.distinct_steps([[5, 9], [6, 9], [5, 9]], [math.log(0.3), math.log(0.1), math.log(0.3)],
-                                                [True, True, True])
-    assert rows == [[5, 9], [6, 9]]
-    parent = mcts.Node([], 1.0, 1.0, [], False)
-    mcts.add_children(parent, rows, logprobs, stops, [[0.8], [0.4]], eos_id=2)
-    assert [child.prior for child in parent.children] == pytest.approx([0.75, 0.25])
-    assert [child.value for child in parent.children] == [0.8, 0.4]
-    assert [child.tokens for child in parent.children] == [[5, 9], [6, 9]]
+def test_split_steps_cuts_a_rollout_at_step_ends_and_keeps_a_cut_off_tail():
+    # tokens: 5 6 NL 7 NL 8 EOS  with NL = 1, EOS = 2; log-probs chosen so each step's sum is easy to read
+    steps = mcts.split_steps([5, 6, 1, 7, 1, 8, 2], [-0.1, -0.2, -0.3, -1.0, 0.0, -0.5, -0.5], step_end_id=1, eos_id=2)
+    assert [(tokens, complete) for tokens, _, complete in steps] == [([5, 6, 1], True), ([7, 1], True), ([8, 2], True)]
+    assert [logprob for _, logprob, _ in steps] == pytest.approx([-0.6, -1.0, -1.0])
+    cut = mcts.split_steps([5, 1, 7, 7], [0.0] * 4, step_end_id=1, eos_id=2)
+    assert [(tokens, complete) for tokens, _, complete in cut] == [([5, 1], True), ([7, 7], False)]
 
 
-@pytest.mark.parametrize("leaves_per_round", [1, 3])
-def test_visit_counts_sum_to_the_simulations(policy, tokenizer, leaves_per_round):
-    tree = mcts.grow_trees(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 4, leaves_per_round=leaves_per_round,
-                           max_simulations=12, seed=0)[0]
+def test_graft_shares_known_steps_renormalises_priors_and_asks_the_checker():
+    root = mcts.Node([], 1.0, 1.0, [], False)
+    NL, EOS = 1, 2
+    first = mcts.graft(root, [([5, NL], math.log(0.3), True), ([8, EOS], math.log(0.5), True)], [0.7, 0.6], EOS,
+                       checker=lambda tokens: tokens == [5, NL, 9, EOS])
+    assert [node.tokens for node in first] == [[5, NL], [5, NL, 8, EOS]]
+    assert [node.value for node in first] == [0.7, 0.0]            # PRM score; the checker rejects 8
+    assert first[-1].is_terminal and not first[0].is_terminal
+    second = mcts.graft(root, [([5, NL], math.log(0.3), True), ([9, EOS], math.log(0.5), True)], [0.7, 0.2], EOS,
+                        checker=lambda tokens: tokens == [5, NL, 9, EOS])
+    assert second[0] is first[0]                                   # the shared first step is one node
+    assert second[-1].value == 1.0                                 # the checker accepts 9, whatever the PRM said
+    third = mcts.graft(root, [([6, NL], math.log(0.1), True)], [0.4], EOS)
+    assert [child.prior for child in root.children] == pytest.approx([0.75, 0.25])   # 0.3 : 0.1 over the children
+    assert third[0].value == 0.4 and third[0].step_scores == [0.4] and not third[0].is_terminal
+    cut = mcts.graft(root, [([6, NL], math.log(0.1), True), ([7, 7], -1.0, False)], [0.4], EOS)
+    assert cut[-1].is_terminal and cut[-1].value == 0.0            # ran out of room before its step ended
+
+
+def test_progressive_widening_allows_ceil_of_widening_times_sqrt_of_visits_plus_one_children():
+    node = mcts.Node([], 1.0, 1.0, [], False)
+    assert mcts.may_widen(node, None) and mcts.may_widen(node, 1.0)    # a leaf is always expanded
+    node.children = [mcts.Node([i], 0.5, 0.5, [0.5], False, parent=node) for i in range(2)]
+    node.visits = 3                                                    # ceil(1 * sqrt(4)) = 2: full
+    assert not mcts.may_widen(node, 1.0) and not mcts.may_widen(node, None)
+    node.visits = 4                                                    # ceil(sqrt(5)) = 3: room for one more
+    assert mcts.may_widen(node, 1.0)
+    assert not mcts.may_widen(node, 0.5)                               # ceil(0.5 * sqrt(5)) = 2
+    node.saturated = True
+    assert not mcts.may_widen(node, 1.0)
+
+
+@pytest.mark.parametrize("expansions_per_round", [1, 3])
+def test_visit_counts_add_up(policy, tokenizer, expansions_per_round):
+    tree = mcts.grow_trees(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 4,
+                           expansions_per_round=expansions_per_round, max_simulations=12, seed=0)[0]
     assert tree.simulations > 0
     assert tree.root.visits == tree.simulations
-    assert sum(child.visits for child in tree.root.children) == tree.simulations
     stack = [tree.root]
     while stack:
         node = stack.pop()
         stack.extend(node.children)
-        if node.children and node is not tree.root and leaves_per_round == 1:
-            # one selection per round: a node was a selected leaf once (then expanded), every other visit went on
-            assert node.visits - sum(child.visits for child in node.children) == 1
-        assert node.visits == 0 or 0.0 <= node.value_sum / node.visits <= 1.0
+        if not node.is_terminal:
+            # every visit through an unfinished node went on into one of its children (by selection or rollout)
+            assert node.visits == sum(child.visits for child in node.children)
+        else:
+            assert node.visits >= 1 and not node.children
+        assert 0.0 <= node.value_sum / node.visits <= 1.0
 
 
 def test_mcts_with_an_exact_prm_answers_right_where_greedy_is_wrong(policy, tokenizer):
     assert not tasks.verify(PROBLEM, search.greedy(policy, tokenizer, [PROBLEM])[0].completion).is_correct
     for pick in ("visits", "value"):
-        answer = mcts.mcts(policy, tokenizer, [PROBLEM, PROBLEM], exact_prm(tokenizer), 4, pick=pick, seed=0)
+        answer = mcts.mcts(policy, tokenizer, [PROBLEM, PROBLEM], exact_prm(tokenizer), 8, pick=pick, seed=0)
         assert all(tasks.verify(PROBLEM, a.completion).is_correct for a in answer)
 
 
@@ -98,4 +129,25 @@ def test_mcts_stops_near_its_token_budget(policy, tokenizer):
     small = mcts.mcts(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 2, seed=0)[0]
     large = mcts.mcts(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 8, seed=0)[0]
     assert small.compute.generated_tokens < large.compute.generated_tokens
-    assert small.compute.redundant_prefill_tokens > 0  # expansions below the root re-prefill their prefix
+    assert large.compute.redundant_prefill_tokens > 0  # expansions below the root re-prefill their prefix
+
+
+def test_a_test_time_checker_values_finished_solutions_and_stops_the_tree(policy, tokenizer, monkeypatch):
+    # pretend arith had a checker (countdown's role): the PRM says nothing (0.5 everywhere), the checker decides
+    monkeypatch.setattr(mcts.tasks, "checkable_at_test_time", lambda task: True)
+    monkeypatch.setattr(mcts.tasks, "check", lambda problem, text: tasks.verify(problem, text).is_correct)
+    budget = 32
+    tree = mcts.grow_trees(policy, tokenizer, [PROBLEM], constant_verifier(), budget, seed=0)[0]
+    assert tree.solved is not None and tree.solved.value == 1.0
+    assert tasks.verify(PROBLEM, tokenizer.decode(tree.solved.tokens)).is_correct
+    assert tree.compute.generated_tokens < tree.budget_tokens        # it stopped as soon as the checker accepted
+    stack = [tree.root]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.is_terminal and node is not tree.solved:
+            assert node.value == 0.0                                 # every other finished solution was wrong
+    answer = mcts.mcts(policy, tokenizer, [PROBLEM], constant_verifier(), budget, seed=0)[0]
+    assert tasks.verify(PROBLEM, answer.completion).is_correct
+    without = mcts.grow_trees(policy, tokenizer, [PROBLEM], constant_verifier(), budget, use_checker=False, seed=0)[0]
+    assert without.solved is None

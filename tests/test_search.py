@@ -82,8 +82,23 @@ def test_weighted_vote_lets_verifier_scores_outweigh_a_wrong_majority():
     assert search.pick_from_pool(hand_pool, 3, "bon", how="min").completion == texts[2]
 
 
+def test_check_returns_the_first_sample_the_countdown_checker_accepts():
+    problem = tasks.parse_problem("countdown", "3 7 25 19 -> 63")
+    texts = [tasks.flip_thinking(t) for t in (
+        "7*3=21;25 19 21\n</think>\n7*3",                                       # legal, but not the target
+        "25+19=45;3 7 45\n45+7=52;3 52\n52+3=63;63\n</think>\n7*(25-19+3)",  # the target after bad arithmetic
+        "25-19=6;3 7 6\n6+3=9;7 9\n7*9=63;63\n</think>\n7*(25-19+3)",        # right
+        "25-19=6;3 7 6\n7*6=42;3 42\n</think>\n7*(25-19)")]                   # wrong
+    hand_pool = search.Pool(problem, [1], [[5]] * 4, texts, [search.answer_key(problem, t) for t in texts])
+    assert search.pick_from_pool(hand_pool, 4, "check").completion == texts[2]
+    assert search.pick_from_pool(hand_pool, 2, "check").completion == texts[0]   # none of the first 2: the first
+    with pytest.raises(ValueError, match="no test-time checker"):
+        search.pick_from_pool(search.Pool(PROBLEM, [1], [[5]], ["</think>\n10"], ["10"]), 1, "check")
+
+
 def test_beam_search_with_an_exact_prm_finds_the_right_path(policy, tokenizer):
-    answer = search.beam_search(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 4, seed=0)[0]
+    # 8 first steps: the right one (probability 0.35) is among them unless 0.65 ** 8 = 3% bad luck
+    answer = search.beam_search(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 8, seed=0)[0]
     assert is_correct(answer)
     assert answer.completion == "2*3=6;6+4\n6+4=01;01\n</think>\n10"
 

@@ -105,6 +105,17 @@ def test_countdown_target_after_bad_arithmetic_scores_zero():
     assert not verdict.is_correct and "step 1" in verdict.reason and "wrong arithmetic" in verdict.reason
 
 
+def test_only_countdown_has_a_test_time_checker_and_it_judges_like_the_verifier():
+    problem = countdown_problem("3 7 25 19 -> 63")
+    right = tasks.flip_thinking("25-19=6;3 7 6\n6+3=9;7 9\n7*9=63;63\n</think>\n7*(25-19+3)")
+    hacked = tasks.flip_thinking("25+19=45;3 7 45\n45+7=52;3 52\n52+3=63;63\n</think>\n7*(25-19+3)")
+    assert tasks.checkable_at_test_time("countdown") and not tasks.checkable_at_test_time("arith")
+    assert tasks.check(problem, right) and not tasks.check(problem, hacked)
+    assert not tasks.check(problem, "\x00</think>\n")
+    with pytest.raises(ValueError, match="no test-time checker"):
+        tasks.check(arith_problem("2*3+4"), "</think>\n10")
+
+
 def test_countdown_answer_checks():
     problem = countdown_problem("3 7 25 19 -> 63")
     assert "not given" in countdown.verify(problem, "</think>\n7*9").reason

@@ -16,6 +16,8 @@ Each task module offers the same functions:
     verify(problem, completion) -> Verdict             the exact verifier of model output (never raises)
     step_labels(problem, steps) -> [bool]              exact step labels (is the prefix still sound)
     corrupt(problem, rng, fine) -> (steps, answer, i)  a trace with one wrong step i and a consistent continuation
+and a flag, CHECKABLE_AT_TEST_TIME: can a search check its own candidates, from the problem alone? Countdown can
+(countdown.check: the numbers and the target are all it needs); arith cannot (checking is computing the answer).
 """
 from nano_reasoner.tasks import arith, countdown
 from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Problem, ProblemError, Verdict, flip_digits,
@@ -51,6 +53,17 @@ def verify(problem, completion):
     else:
         completion = flip_thinking(completion)
     return module(problem.task).verify(problem, completion)
+
+
+def checkable_at_test_time(task):
+    return module(task).CHECKABLE_AT_TEST_TIME
+
+
+def check(problem, completion):
+    """The test-time checker of a task that has one (countdown): is the completion right? -> bool. Never raises."""
+    if not checkable_at_test_time(problem.task):
+        raise ValueError(f"{problem.task} has no test-time checker: checking its answer means solving the problem")
+    return module(problem.task).check(problem, flip_thinking(completion))[0]
 
 
 def step_labels(problem, steps):

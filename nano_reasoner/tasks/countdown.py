@@ -41,6 +41,7 @@ from nano_reasoner.tasks import expr
 from nano_reasoner.tasks.trace import ParsedCompletion, Problem, ProblemError, Verdict, parse_completion
 
 TASK = "countdown"
+CHECKABLE_AT_TEST_TIME = True  # check() needs only the problem: see its docstring
 DIFFICULTIES = (3, 4, 5)
 MAX_NUMBER = 25
 TARGET_RANGE = (10, 999)
@@ -238,9 +239,9 @@ def _step_checks(problem, steps):
         if numbers is None:
             checks.append((False, "follows an illegal step", None))
             continue
-        check = check_step(numbers, line)
-        checks.append(check)
-        numbers = check[2]
+        result = check_step(numbers, line)
+        checks.append(result)
+        numbers = result[2]
     return checks
 
 
@@ -254,26 +255,38 @@ def step_labels(problem, steps):
     return labels
 
 
-def verify(problem, completion):
-    """Every step legal, and the answer an expression over the given numbers equal to the target. Never raises."""
+def check(problem, completion):
+    """The checker a search may use at test time -> (is_correct, reason, is_well_formed). Never raises.
+
+    It reads only the problem (the numbers and the target) and the completion: no stored answer, no solver. Checking
+    a countdown solution is easy even when finding one is hard, the way a unit test checks a program or a proof
+    checker a proof, so MCTS and `check` in search.py may call it on their own candidates. (An arith answer cannot
+    be checked this way without computing the answer, which is the whole problem: arith has no such checker.)"""
     parsed = completion if isinstance(completion, ParsedCompletion) else parse_completion(completion)
     numbers, target = parse_numbers(problem.text)
-    step_ok = step_labels(problem, parsed.steps)
     if not parsed.is_well_formed:
-        return Verdict(False, parsed.answer, parsed.reason, False, step_ok)
+        return False, parsed.reason, False
     for index, (is_legal, reason, _) in enumerate(_step_checks(problem, parsed.steps)):
         if not is_legal:
-            return Verdict(False, parsed.answer, f"step {index + 1}: {reason}", True, step_ok)
+            return False, f"step {index + 1}: {reason}", True
     try:
         tree = expr.parse(parsed.answer)
     except expr.ExprError as error:
-        return Verdict(False, parsed.answer, f"the answer is not an expression ({error})", True, step_ok)
+        return False, f"the answer is not an expression ({error})", True
     if Counter(expr.numbers(tree)) - Counter(numbers):
-        return Verdict(False, parsed.answer, "the answer uses a number that was not given, or one too often", True, step_ok)
+        return False, "the answer uses a number that was not given, or one too often", True
     value = expr.evaluate(tree)
     if value != target:
-        return Verdict(False, parsed.answer, f"the answer makes {value}, not {target}", True, step_ok)
-    return Verdict(True, parsed.answer, "", True, step_ok)
+        return False, f"the answer makes {value}, not {target}", True
+    return True, "", True
+
+
+def verify(problem, completion):
+    """Every step legal, and the answer an expression over the given numbers equal to the target. Never raises.
+    The verdict is check()'s; the step labels added to it need the solver (is_reachable)."""
+    parsed = completion if isinstance(completion, ParsedCompletion) else parse_completion(completion)
+    is_correct, reason, is_well_formed = check(problem, parsed)
+    return Verdict(is_correct, parsed.answer, reason, is_well_formed, step_labels(problem, parsed.steps))
 
 
 def corrupt(problem, rng, fine=False):
