@@ -28,10 +28,10 @@ Each round runs four numbered stages, for every problem's tree at once:
                   has is shared, a new one becomes a new node. So every token generated stays in the tree.
     (3) evaluate  every rollout with the PRM, in ONE verifier call: the score at each step end is that node's value;
                   each finished rollout is also judged by the checker where the task has one.
-    (4) back up   for each rollout, mix the PRM's value v of its first new step with its outcome z (the value of
+    (4) back up   for each rollout, mix the PRM's value v of its first step with its outcome z (the value of
                   its last node), as AlphaGo mixed its value network with rollouts ("Mastering the game of Go with
-                  deep neural networks and tree search", Silver et al. 2016): b = (1 - mix) * v + mix * z; then
-                  N += 1 and W += b for every node on its whole path, root to end, so Q = W / N. With a checker, z
+                  deep neural networks and tree search", Silver et al. 2016): b = (1 - mix) * v + mix * z, mix 0.8;
+                  then N += 1 and W += b for every node on its whole path, root to end, so Q = W / N. With a checker, z
                   is 0 for every failed rollout, and v keeps the branches the PRM trusts ahead of the others.
                   A selected finished solution is not expanded: its own value is backed up again.
 
@@ -211,7 +211,7 @@ def expand(selections, policy, tokenizer, verifier, *, rollouts_per_expansion, m
             below = graft(node, steps, all_scores[j], tokenizer.eos_id, tree.checker) if steps else []
             end = below[-1] if below else node
             first = below[0] if below else node
-            # AlphaGo's leaf evaluation: (1 - mix) * v(the first new step) + mix * z(the rollout's end)
+            # AlphaGo's leaf evaluation: (1 - mix) * v(the rollout's first step) + mix * z(the rollout's end)
             backup(path + below, (1 - mix) * first.value + mix * end.value)
             tree.simulations += 1
             if tree.checker is not None and end.is_terminal and end.value == 1.0 and tree.solved is None:
