@@ -151,3 +151,24 @@ def test_a_test_time_checker_values_finished_solutions_and_stops_the_tree(policy
     assert tasks.verify(PROBLEM, answer.completion).is_correct
     without = mcts.grow_trees(policy, tokenizer, [PROBLEM], constant_verifier(), budget, use_checker=False, seed=0)[0]
     assert without.solved is None
+
+
+def test_each_rollout_backs_up_the_mix_of_its_first_step_value_and_its_outcome(policy, tokenizer, monkeypatch):
+    # a checker judges the outcome z (1 or 0), a constant PRM says v = 0.2 for every step, so b = 0.75 * 0.2 + 0.25 * z
+    monkeypatch.setattr(mcts.tasks, "checkable_at_test_time", lambda task: True)
+    monkeypatch.setattr(mcts.tasks, "check", lambda problem, text: tasks.verify(problem, text).is_correct)
+    # budget 1: the first round's two rollouts from the root spend it all; with seed 1 one is right and one is wrong
+    tree = mcts.grow_trees(policy, tokenizer, [PROBLEM], constant_verifier(0.2), 1, mix=0.25, seed=1)[0]
+    assert tree.simulations == 2 and tree.root.visits == 2
+    outcomes = sorted(node.value for node in _all_nodes(tree.root) if node.is_terminal)
+    assert outcomes == [0.0, 1.0]
+    assert tree.root.value_sum == pytest.approx((0.75 * 0.2 + 0.25 * 1.0) + (0.75 * 0.2 + 0.25 * 0.0))   # 0.55
+
+
+def _all_nodes(root):
+    stack, nodes = [root], []
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        nodes.append(node)
+    return nodes

@@ -60,7 +60,8 @@ def checkable_at_test_time(task):
 
 
 def check(problem, completion):
-    """The test-time checker of a task that has one (countdown): is the completion right? -> bool. Never raises."""
+    """The test-time checker of a task that has one (countdown): is the completion right? -> bool. Never raises on
+    model output; asking it of a task without a checker (arith) is a ValueError."""
     if not checkable_at_test_time(problem.task):
         raise ValueError(f"{problem.task} has no test-time checker: checking its answer means solving the problem")
     return module(problem.task).check(problem, flip_thinking(completion))[0]
