@@ -23,7 +23,7 @@ from nano_reasoner import tasks
 from nano_reasoner.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.evaluate import accuracy_by_difficulty, attempt_problems
-from nano_reasoner.grpo import LOSS_NORMS, GRPOConfig, grpo_step
+from nano_reasoner.grpo import LOSS_NORMS, GRPOConfig, exact_step_rewards, grpo_step
 from nano_reasoner.model import configure_optimizer
 from nano_reasoner.prm import load_verifier, score_steps
 from nano_reasoner.report import MetricsLogger, format_duration, markdown_table, plot_panels, progress_line, write_json, write_report_section
@@ -57,8 +57,11 @@ def parse_args(argv=None):
                         help="average per sequence then over sequences (DeepSeekMath) or over all tokens (DAPO) "
                              "(default sequence)")
     parser.add_argument("--prm", default=None, help="a PRM checkpoint (train_prm.py): adds process rewards (default: none)")
+    parser.add_argument("--exact-process-rewards", action="store_true",
+                        help="add process rewards from the tasks' exact step labels instead of a PRM")
     parser.add_argument("--process-weight", type=float, default=0.5,
-                        help="weight of the PRM's process advantages next to the outcome ones, with --prm (default 0.5)")
+                        help="weight of the process advantages next to the outcome ones, with --prm or "
+                             "--exact-process-rewards (default 0.5)")
     parser.add_argument("--arith-difficulties", default="1-4", help="operations per arith RL problem (default 1-4)")
     parser.add_argument("--countdown-difficulties", default="3-4", help="numbers per countdown RL problem (default 3-4)")
     # optimization
@@ -93,8 +96,20 @@ def parse_args(argv=None):
         raise UserError("--group-size must be at least 2: GRPO's advantage compares samples of the same problem")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file: give a folder")
+    if args.prm and args.exact_process_rewards:
+        raise UserError("--prm and --exact-process-rewards both give process rewards: choose one")
+    if not args.process_weight >= 0:
+        raise UserError("--process-weight must be >= 0")
     args.pass_k_problems = min(args.pass_k_problems, args.eval_problems)
     return args
+
+
+def process_rewards_text(args):
+    if args.prm:
+        return f"process rewards from {args.prm} (weight {args.process_weight})"
+    if args.exact_process_rewards:
+        return f"process rewards from the exact step labels (weight {args.process_weight})"
+    return "outcome rewards only"
 
 
 def rl_problems(step, args, difficulties, held_out_texts):
@@ -152,14 +167,14 @@ def main():
     grpo_config = GRPOConfig(group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=1.0,
                              format_weight=args.format_weight, clip_eps=args.clip_eps, kl_beta=args.kl_beta,
                              inner_updates=args.inner_updates, loss_norm=args.loss_norm, grad_clip=args.grad_clip,
-                             process_weight=args.process_weight if args.prm else 0.0)
-    step_scorer = None
+                             process_weight=args.process_weight if args.prm or args.exact_process_rewards else 0.0)
+    step_scorer = exact_step_rewards(tokenizer) if args.exact_process_rewards else None
     if args.prm:
         verifier, verifier_tokenizer, _ = load_verifier(args.prm, device)
         if verifier_tokenizer.sha256 != tokenizer.sha256:
             raise UserError(f"{args.prm} was trained with another tokenizer than {args.init}: pass the PRM of this policy")
 
-        def step_scorer(prompts, completions):
+        def step_scorer(problems, prompts, completions):
             return score_steps(verifier, tokenizer, prompts, completions)
     print(f"policy: {policy.num_params() / 1e6:.2f}M parameters from {args.init}, device {device}")
 
@@ -299,7 +314,7 @@ def main():
         f"`python train_rl.py --preset {args.preset} --init {args.init} --out {args.out}`", "",
         f"{args.steps} steps of {args.prompts_per_step} problems x G={args.group_size} samples, mu={args.inner_updates} "
         f"updates per batch, lr {args.lr:g}, clip {args.clip_eps}, KL beta {args.kl_beta}, loss normalised per "
-        f"{args.loss_norm}, {'process rewards from ' + args.prm + f' (weight {args.process_weight})' if args.prm else 'outcome rewards only'}; RL problems: arith {args.arith_difficulties} operations, countdown "
+        f"{args.loss_norm}, {process_rewards_text(args)}; RL problems: arith {args.arith_difficulties} operations, countdown "
         f"{args.countdown_difficulties} numbers. {format_duration(train_seconds)} on {device}: "
         f"{sample_share:.0%} sampling, {1 - sample_share:.0%} updates (rewards and log-probs included).", "",
         f"Held-out problems ({args.eval_problems} per task for greedy accuracy, the first {args.pass_k_problems} for "

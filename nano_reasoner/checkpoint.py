@@ -155,7 +155,7 @@ def load_checkpoint(path, *, expected_kind=None, map_location="cpu"):
         raise CheckpointError(f"{path} is a folder: pass the checkpoint file inside it, e.g. {os.path.join(path, 'ckpt.pt')}")
     if not os.path.exists(path):
         script = SCRIPT_THAT_WRITES.get(expected_kind, "the stage that writes it")
-        raise CheckpointError(f"no checkpoint at {path}: run {script} first or pass --ckpt")
+        raise CheckpointError(f"no checkpoint at {path}: run {script} first, or give the path of one that exists")
     try:
         with warnings.catch_warnings():  # torch warns about some raw pickles before refusing them: one line is enough
             warnings.simplefilter("ignore")

@@ -47,10 +47,15 @@ On a small CPU this is most of the saving: early on, most groups of hard problem
 pi_old: the first inner update runs on the policy that sampled the batch, so pi_old's log-probs are that pass's
 log-probs, detached (rho = 1 exactly at the first update, no extra forward pass); later inner updates reuse them.
 
-Optional process rewards (DeepSeekMath's process supervision): with a PRM, each step j of o_i gets a reward
-r_{i,j} = its P(good); all step rewards of a group are normalised by their mean and std, and a token's advantage is
-the sum of the normalised rewards of the steps that end at or after it. `process_advantages` computes it from step
-scores; the outcome advantage is added to it, weighted by process_weight (train_rl.py --prm).
+Optional process rewards (DeepSeekMath's process supervision): each step j of o_i gets a reward r_{i,j}; all step
+rewards of a group are normalised by their mean and std, and a token's advantage is the sum of the normalised rewards
+of the steps that end at or after it. `process_advantages` computes it from step scores; the outcome advantage is
+added to it, weighted by process_weight. The step rewards come from a PRM (r_{i,j} = its P(good), train_rl.py --prm),
+or, because our tasks can label every step, from the exact step labels (`exact_step_rewards`, train_rl.py
+--exact-process-rewards): still a rule-based reward, and the upper bound of what a PRM could give. Why it helps: an
+outcome reward gives every token of a wrong solution the same blame, although one slipped digit made it wrong; step
+rewards put the blame on the step where the solution went off track, and they rank attempts of a problem that no
+sample solves by how far each got.
 
 Simplifications against the paper:
   - one policy, one reference model (the starting checkpoint, never refreshed; DeepSeekMath refreshes it during
@@ -68,7 +73,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nano_reasoner import tasks
+from nano_reasoner import prm, tasks
 from nano_reasoner.sampling import generate, sequence_logprobs
 
 LOSS_NORMS = ("sequence", "token")
@@ -86,7 +91,7 @@ class GRPOConfig:
     loss_norm: str = "sequence"     # "sequence" (DeepSeekMath) or "token" (DAPO)
     advantage_eps: float = 1e-4     # eps in (r - mean) / (std + eps)
     grad_clip: float = 1.0          # gradient norm clip per update
-    process_weight: float = 0.0     # weight of PRM process advantages (0 = outcome rewards only)
+    process_weight: float = 0.0     # weight of process advantages (0 = outcome rewards only)
     drop_uniform_groups: bool = True  # leave out groups whose G rewards are all equal (their advantages are 0)
 
 
@@ -280,8 +285,9 @@ def grpo_step(policy, reference, optimizer, tokenizer, problems, config, seed, a
     rollout, and per row whether it is a reward-hack attempt. KL and clip_frac are 0 when no group was kept.
 
     reference: the frozen model of the KL term (never trained). autocast: a context manager factory for the
-    forward passes (bf16 on CUDA). step_scorer: a PRM, used when config.process_weight > 0:
-    (prompt tokens per row, completion tokens per row) -> per row, P(good) at each of step_end_positions.
+    forward passes (bf16 on CUDA). step_scorer: used when config.process_weight > 0: (problem per row, prompt tokens
+    per row, completion tokens per row) -> per row, a reward at each of step_end_positions (a PRM's P(good), or
+    exact_step_rewards).
     """
     assert config.loss_norm in LOSS_NORMS
     make_autocast = autocast or contextlib.nullcontext
@@ -299,9 +305,10 @@ def grpo_step(policy, reference, optimizer, tokenizer, problems, config, seed, a
     device = next(policy.parameters()).device
     advantages = group_advantages(rewards, G, config.advantage_eps).to(device)  # (N,)
     if config.process_weight > 0:
-        assert step_scorer is not None, "process_weight > 0 needs a step_scorer (a PRM)"
+        assert step_scorer is not None, "process_weight > 0 needs a step_scorer (a PRM, or exact_step_rewards)"
         row_prompts = [batch.prompt_tokens[i // G] for i in range(len(batch.completion_tokens))]
-        step_scores = step_scorer(row_prompts, batch.completion_tokens)  # (N,) lists, one score per step end
+        row_problems = [problems[i // G] for i in range(len(batch.completion_tokens))]
+        step_scores = step_scorer(row_problems, row_prompts, batch.completion_tokens)  # (N,) lists, one per step end
         step_ends = [step_end_positions(tokens, tokenizer) for tokens in batch.completion_tokens]
         assert [len(scores) for scores in step_scores] == [len(ends) for ends in step_ends]
         num_tokens = max(len(tokens) for tokens in batch.completion_tokens)
@@ -359,6 +366,16 @@ def grpo_step(policy, reference, optimizer, tokenizer, problems, config, seed, a
         "decode_tokens": batch.decode_tokens,
     }
     return summary, batch, hacks
+
+
+def exact_step_rewards(tokenizer):
+    """A step_scorer from the tasks' exact step labels (prm.label_trace): 1 at a step end while the solution is still
+    sound (every step so far legal, and for countdown the target still reachable), 0 from the first bad step on;
+    the `</think>` line scores 1 when every step was sound, the answer line and eos score the outcome."""
+    def step_scorer(problems, prompts, completions):
+        return [prm.label_trace(tokenizer, problem, prompt, completion).exact
+                for problem, prompt, completion in zip(problems, prompts, completions)]
+    return step_scorer
 
 
 def step_end_positions(completion_tokens, tokenizer):

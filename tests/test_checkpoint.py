@@ -135,7 +135,7 @@ def test_file_that_is_not_a_torch_file_is_a_checkpoint_error(tmp_path, content):
 
 
 def test_missing_file_names_the_script_to_run(tmp_path):
-    with pytest.raises(CheckpointError, match="no checkpoint at .*: run train_pretrain.py first or pass --ckpt"):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*: run train_pretrain.py first, or give the path of one that exists"):
         load_checkpoint(str(tmp_path / "nothing.pt"), expected_kind="policy")
     with pytest.raises(CheckpointError, match="is a folder"):
         load_checkpoint(str(tmp_path))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nano_reasoner import tasks
-from nano_reasoner.grpo import (GRPOConfig, group_advantages, grpo_loss, grpo_step, is_reward_hack,
+from nano_reasoner.grpo import (GRPOConfig, exact_step_rewards, group_advantages, grpo_loss, grpo_step, is_reward_hack,
                                 process_advantages, rule_rewards, step_end_positions)
 from nano_reasoner.model import GPT, GPTConfig, configure_optimizer
 from nano_reasoner.sampling import sequence_logprobs
@@ -196,6 +196,19 @@ def test_correct_and_malformed_rewards():
     assert rewards.tolist() == [pytest.approx(1.1), 0.0] and is_correct.tolist() == [True, False]
 
 
+def test_exact_step_rewards_blame_the_step_that_went_wrong(tokenizer):
+    # hand-written: the hack's first step is wrong arithmetic, so every later step end scores 0 as well
+    good = tasks.format_completion(as_written(["25-19=6;3 7 6", "7*6=42;3 42", "3*42=126;126"]), "3*7*(25-19)")
+    problem = tasks.Problem("countdown", "3 7 25 19 -> 126", 4)
+    rows = [(problem, good), (COUNTDOWN, HACK)]
+    prompts = [tokenizer.encode_prompt(tasks.format_prompt(p)) for p, _ in rows]
+    completions = [tokenizer.encode(text) + [tokenizer.eos_id] for _, text in rows]
+    rewards = exact_step_rewards(tokenizer)([p for p, _ in rows], prompts, completions)
+    # per step end: the step lines, the </think> line, then eos after the answer (the outcome)
+    assert rewards == [[1, 1, 1, 1, 1], [0, 0, 0, 0]]
+    assert [len(r) for r in rewards] == [len(step_end_positions(c, tokenizer)) for c in completions]
+
+
 # ---------------------------------------------------------------------------------------------- one batch, end to end
 
 @pytest.fixture(scope="module")
@@ -248,9 +261,10 @@ def test_process_rewards_reach_the_loss_through_a_step_scorer(tokenizer):
     problems = tasks.generate("countdown", 2, seed=5, difficulties=(3,))
     seen = {}
 
-    def step_scorer(prompts, completions):
+    def step_scorer(row_problems, prompts, completions):
         # a stand-in PRM: the first step of every completion is good, every later one bad
         seen["rows"] = len(completions)
+        seen["problems"] = row_problems
         ends = [step_end_positions(tokens, tokenizer) for tokens in completions]
         return [[1.0 if j == 0 else 0.0 for j in range(len(row))] for row in ends]
 
@@ -260,6 +274,7 @@ def test_process_rewards_reach_the_loss_through_a_step_scorer(tokenizer):
     summary, _, _ = grpo_step(policy, reference, optimizer, tokenizer, problems, grpo_config, seed=0,
                               step_scorer=step_scorer)
     assert seen["rows"] == 6 and summary["acc"] == 0.0
+    assert seen["problems"] == [problems[0]] * 3 + [problems[1]] * 3  # one problem per row, prompt-major
     assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters()))
 
 

@@ -127,6 +127,16 @@ CASES = [
      "only 0 training traces fit in --block-size 8"),
     ("fewer traces than one batch", "train_pretrain.py",
      ["--out", "new"] + TINY_RUN + ["--train-problems", "3", "--batch-size", "64"], "fewer than one batch of 64"),
+    # --- train_rl.py
+    ("missing initial checkpoint", "train_rl.py", ["--out", "new", "--init", "nope.pt", "--threads", "1"],
+     "no checkpoint at nope.pt"),
+    ("group of one sample", "train_rl.py", ["--out", "new", "--init", "policy.pt", "--group-size", "1"],
+     "--group-size must be at least 2"),
+    ("process rewards from a PRM and from the exact labels", "train_rl.py",
+     ["--out", "new", "--init", "policy.pt", "--prm", "prm.pt", "--exact-process-rewards"], "choose one"),
+    ("negative process weight", "train_rl.py",
+     ["--out", "new", "--init", "policy.pt", "--exact-process-rewards", "--process-weight", "-1"],
+     "--process-weight must be >= 0"),
 ]
 REAL_PROCESS_CASES = [("unknown flag", "train_pretrain.py"), ("pickle that would run code", "infer.py")]
 
