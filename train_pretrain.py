@@ -27,10 +27,13 @@ from nano_reasoner.report import MetricsLogger, markdown_table, plot_panels, pro
 from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 
 PRESETS = {
-    #        layers, embd, heads, block, batch, steps, lr, problems per task
-    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=32, steps=4800, lr=2e-3, train_problems=40000),
-    "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000),
-    "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000),
+    #        layers, embd, heads, block, batch, steps, lr, problems per task, arith operations in training
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=16, steps=8400, lr=2e-3, train_problems=40000,
+                 arith_difficulties="1-3,1-3,4"),
+    "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000,
+                  arith_difficulties="1-3"),
+    "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000,
+                 arith_difficulties="1-3"),
 }
 
 
@@ -46,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--block-size", type=int, help="context length in tokens (preset)")
     # data
     parser.add_argument("--train-problems", type=int, help="distinct training problems per task (preset)")
-    parser.add_argument("--arith-difficulties", default="1-3", help="operations per arith training problem (default 1-3: learnable in the tiny budget)")
+    parser.add_argument("--arith-difficulties", help="operations per arith training problem, a value listed twice is "
+                        "drawn twice as often (preset; tiny: 1-3,1-3,4, so 4 operations are drawn one time in seven)")
     parser.add_argument("--countdown-difficulties", default="3-4", help="numbers per countdown training problem (default 3-4)")
     parser.add_argument("--granularity", choices=("fine", "coarse"), default="fine",
                         help="arith traces: fine works multi-digit products through partial products (default fine)")

@@ -31,7 +31,7 @@ from train_pretrain import EVAL_DIFFICULTIES, held_out_problems
 
 PRESETS = {
     #        steps, prompts per step, G, lr, mu, completion budget, pass@k
-    "tiny": dict(steps=80, prompts_per_step=64, group_size=8, lr=5e-5, inner_updates=2, max_new_tokens=200, pass_k=8),
+    "tiny": dict(steps=72, prompts_per_step=64, group_size=8, lr=5e-5, inner_updates=2, max_new_tokens=200, pass_k=8),
     "small": dict(steps=300, prompts_per_step=64, group_size=16, lr=1e-4, inner_updates=2, max_new_tokens=240, pass_k=16),
     "base": dict(steps=600, prompts_per_step=128, group_size=16, lr=5e-5, inner_updates=2, max_new_tokens=240, pass_k=16),
 }

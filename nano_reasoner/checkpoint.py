@@ -19,8 +19,10 @@ is the truth; the sidecar is only for people and is never read back. Three rules
    CUDA, Python's `random`, named torch.Generators) and the tokenizer's own `.model` bytes, so a checkpoint is
    self-contained; the bytes' sha256 is stored too and checked on load.
 
-What a checkpoint file holds (format 1): kind, format_version, model_state, model_config, tokenizer_bytes (a uint8
-tensor), tokenizer_sha256, step, args, optimizer_state, rng_state, extra.
+What a checkpoint file holds (format 2): kind, format_version, model_state, model_config, tokenizer_bytes (a uint8
+tensor), tokenizer_sha256, step, args, optimizer_state, rng_state, extra. Format 2 has the same fields as format 1;
+it marks models trained on prompts that show an arith problem units digit first (tasks/trace.py), which a format-1
+model would misread, so format-1 files are refused with a message instead of giving silently wrong answers.
 """
 import collections
 import hashlib
@@ -34,7 +36,7 @@ from datetime import datetime, timezone
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINT_KEYS = ("kind", "format_version", "model_state", "model_config", "tokenizer_bytes", "tokenizer_sha256",
                    "step", "args", "optimizer_state", "rng_state", "extra")
 FIELD_TYPES = {"kind": str, "format_version": int, "model_state": dict, "model_config": dict,

@@ -180,8 +180,11 @@ def test_problem_text_is_normalised():
 def test_trace_format_bytes():
     problem = Problem("arith", "2+3", 1)
     assert tasks.full_trace(problem) == "arith: 2+3\n<think>\n2+3=5;5\n</think>\n5"
-    # inside the thinking, numbers are written units digit first; the problem and the answer are not
-    assert tasks.full_trace(Problem("arith", "38+24", 1)) == "arith: 38+24\n<think>\n83+42=26;26\n</think>\n62"
+    # numbers in the thinking and in the arith prompt are written units digit first; the answer is not
+    assert tasks.full_trace(Problem("arith", "38+24", 1)) == "arith: 83+42\n<think>\n83+42=26;26\n</think>\n62"
+    # countdown problems are shown as typed
+    countdown = Problem("countdown", "3 17 25 -> 92", 3)
+    assert tasks.format_prompt(countdown) == "countdown: 3 17 25 -> 92\n<think>\n"
 
 
 # ----------------------------------------------------------------------------- digit order (trace.py)

@@ -4,7 +4,7 @@ The chain-of-thought trace format shared by every task, and its never-crashing p
 A reasoning model first thinks, then answers (DeepSeek-R1, arXiv 2501.12948, puts the thinking between `<think>`
 and `</think>` and rewards that format). Here a trace is plain text, one reasoning step per line:
 
-    arith: 7+38*2-15            <- prompt: task tag, problem
+    arith: 7+83*2-51            <- prompt: task tag, problem (7+38*2-15; an arith problem is shown units first)
     <think>                     <- prompt ends here; the model writes the rest
     83*2=67;7+67-51             <- step: one operation, then the state it leaves
     7+67=38;38-51                  (numbers in the thinking are written units digit first)
@@ -12,7 +12,7 @@ and `</think>` and rewards that format). Here a trace is plain text, one reasoni
     </think>
     68                          <- the final answer, in the usual order, then the end-of-sequence token
 
-Exact bytes: prompt = f"{task}: {problem}\\n<think>\\n"; completion = "".join(step + "\\n" for each step) +
+Exact bytes: prompt = f"{task}: {problem as shown}\\n<think>\\n"; completion = "".join(step + "\\n" for each step) +
 "</think>\\n" + answer. The tokenizer adds an end-of-sequence token after the answer. A step is everything up to a
 newline, so step-level search can stop the sampler at the newline token; a step holds no newline and no `<think>`.
 
@@ -24,8 +24,10 @@ choice, 1-operation sums were off by ten in most failures: `38+24=52`). Written 
 the operands' digits in that column and the carry it has just written, which is how people add on paper.
 "Teaching Arithmetic to Small Transformers" (Lee et al., arXiv 2307.03381) found the reversed output learns
 addition with several times fewer examples; here it about doubled the accuracy that the tiny pre-training
-reaches in its 10 minutes (README). The problem and the final answer keep the usual order, so only the model's
-scratch work looks unusual. `flip_digits` turns a step from one order to the other (it is its own inverse);
+reaches in its 10 minutes (README). The final answer keeps the usual order. An arith problem is typed in the
+usual order too, but the prompt shows it to the model units digit first: the first step copies the rest of the
+expression, and a copy that has to reverse every number on the way was where most multi-operation problems went
+wrong (README, stage 2). Countdown prompts are shown as typed. `flip_digits` turns a step from one order to the other (it is its own inverse);
 the task files check steps in reading order, and tasks/__init__.py flips between the two.
 
 Each task file (arith.py, countdown.py) says what a step line holds for that task.
@@ -63,7 +65,10 @@ class Verdict:
 
 
 def format_prompt(problem):
-    return f"{problem.task}: {problem.text}\n{THINK}\n"
+    """The prompt the model reads. An arith problem is shown units digit first (`7+38*2-15` -> `7+83*2-51`), the order
+    of the thinking, so that the first step's copy of the expression is a plain copy."""
+    shown = flip_digits(problem.text) if problem.task == "arith" else problem.text
+    return f"{problem.task}: {shown}\n{THINK}\n"
 
 
 def format_completion(steps, answer):
