@@ -105,6 +105,7 @@ def parse_args(argv=None):
 
 
 def process_rewards_text(args):
+    """Where the process rewards come from, for the report."""
     if args.prm:
         return f"process rewards from {args.prm} (weight {args.process_weight})"
     if args.exact_process_rewards:

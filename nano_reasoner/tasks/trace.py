@@ -26,9 +26,10 @@ the operands' digits in that column and the carry it has just written, which is 
 addition with several times fewer examples; here it about doubled the accuracy that the tiny pre-training
 reaches in its 10 minutes (README). The final answer keeps the usual order. An arith problem is typed in the
 usual order too, but the prompt shows it to the model units digit first: the first step copies the rest of the
-expression, and a copy that has to reverse every number on the way was where most multi-operation problems went
-wrong (README, stage 2). Countdown prompts are shown as typed. `flip_digits` turns a step from one order to the other (it is its own inverse);
-the task files check steps in reading order, and tasks/__init__.py flips between the two.
+expression, and a copy that had to reverse every number on the way caused a third of the failures on problems with
+2-4 operations (README, stage 2). Countdown prompts are shown as typed. `flip_digits` turns a step from one order to
+the other (it is its own inverse); the task files check steps in reading order, and tasks/__init__.py flips between
+the two.
 
 Each task file (arith.py, countdown.py) says what a step line holds for that task.
 """
