@@ -213,7 +213,7 @@ def main():
         answer, verdict = answers[0], verdicts[0]
         print(tasks.format_prompt(answer.problem) + answer.completion)
         thinking = tasks.parse_completion(answer.completion).steps
-        if tasks.format_prompt(answer.problem) != f"{answer.problem.task}: {answer.problem.text}\n{tasks.THINK}\n":
+        if tasks.shown_problem(answer.problem) != answer.problem.text:
             print(f"problem as typed: {answer.problem.text} (the prompt shows it units digit first)")
         if thinking:  # the model writes numbers units digit first while it thinks (tasks/trace.py)
             print("thinking in reading order: " + " | ".join(tasks.flip_digits(step) for step in thinking))

@@ -3,8 +3,8 @@ Benchmark: how far does the seed alone move a pre-training result?
 
 One pre-training run is one draw. The seed picks the training problems, the initial weights, the batch order and
 the held-out problems, and on the tiny preset it moves greedy arith accuracy by up to 28 points with everything
-else fixed (README, stage 2). Even the thread count moves it: a different order of float additions sends training
-down another path. So a recipe is only better than another when its spread over seeds says so. This script trains
+else fixed (README, stage 2). A different thread count also changes the order of float additions, so
+the same seed on another machine is another run. So a recipe is only better than another when its spread over seeds says so. This script trains
 one recipe under several seeds, a few runs at a time, and prints the accuracy of each with the mean, standard
 deviation, minimum and maximum.
 

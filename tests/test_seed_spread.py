@@ -34,3 +34,15 @@ def test_summary_of_finished_runs(tmp_path, capsys):
     assert summary["tasks"]["countdown"]["std"] == 0.0
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert "60.0%" in capsys.readouterr().out
+
+
+def test_runs_each_seed_once_and_reads_a_finished_run_back(tmp_path):
+    flags = ["--preset", "tiny", "--threads", "1", "--steps", "2", "--batch-size", "4", "--train-problems", "30",
+             "--eval-problems", "2", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--eval-every", "100"]
+    args = seed_spread.parse_args(["--seeds", "5", "--parallel", "1", "--root", str(tmp_path), "--"] + flags)
+    assert seed_spread.run_all(args) == {}  # no run failed
+    eval_path = tmp_path / "seed5" / "eval.json"
+    assert json.loads(eval_path.read_text()).keys() == {"arith", "countdown"}
+    written = eval_path.stat().st_mtime_ns
+    assert seed_spread.run_all(args) == {}  # finished: read as is, not trained again
+    assert eval_path.stat().st_mtime_ns == written

@@ -185,6 +185,8 @@ def test_trace_format_bytes():
     # countdown problems are shown as typed
     countdown = Problem("countdown", "3 17 25 -> 92", 3)
     assert tasks.format_prompt(countdown) == "countdown: 3 17 25 -> 92\n<think>\n"
+    assert tasks.shown_problem(Problem("arith", "38+24", 1)) == "83+42"
+    assert tasks.shown_problem(countdown) == countdown.text
 
 
 # ----------------------------------------------------------------------------- digit order (trace.py)

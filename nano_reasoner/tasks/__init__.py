@@ -21,7 +21,8 @@ and a flag, CHECKABLE_AT_TEST_TIME: can a search check its own candidates, from 
 """
 from nano_reasoner.tasks import arith, countdown
 from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Problem, ProblemError, Verdict, flip_digits,
-                                       flip_thinking, format_completion, format_prompt, parse_completion)
+                                       flip_thinking, format_completion, format_prompt, parse_completion,
+                                       shown_problem)
 
 TASKS = {"arith": arith, "countdown": countdown}
 

@@ -65,11 +65,15 @@ class Verdict:
     step_ok: list = field(default_factory=list)  # per step: is the prefix up to and including it still sound
 
 
+def shown_problem(problem):
+    """The problem as the prompt shows it. An arith problem is shown units digit first (`7+38*2-15` -> `7+83*2-51`),
+    the order of the thinking, so that the first step's copy of the expression is a plain copy."""
+    return flip_digits(problem.text) if problem.task == "arith" else problem.text
+
+
 def format_prompt(problem):
-    """The prompt the model reads. An arith problem is shown units digit first (`7+38*2-15` -> `7+83*2-51`), the order
-    of the thinking, so that the first step's copy of the expression is a plain copy."""
-    shown = flip_digits(problem.text) if problem.task == "arith" else problem.text
-    return f"{problem.task}: {shown}\n{THINK}\n"
+    """The prompt the model reads: the task tag, the problem as shown (shown_problem), `<think>`."""
+    return f"{problem.task}: {shown_problem(problem)}\n{THINK}\n"
 
 
 def format_completion(steps, answer):
