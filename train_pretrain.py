@@ -52,8 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--arith-difficulties", help="operations per arith training problem, a value listed twice is "
                         "drawn twice as often (preset; tiny: 1-3,1-3,4, so 4 operations are drawn one time in seven)")
     parser.add_argument("--countdown-difficulties", default="3-4", help="numbers per countdown training problem (default 3-4)")
-    parser.add_argument("--granularity", choices=("fine", "coarse"), default="fine",
-                        help="arith traces: fine works multi-digit products through partial products (default fine)")
+    parser.add_argument("--granularity", choices=tasks.GRANULARITIES, default=tasks.DEFAULT_GRANULARITY,
+                        help="arith traces: how finely a product is worked through, coarse (at once), fine (partial "
+                        "products; default) or digits (single-digit products)")
     # optimization
     parser.add_argument("--steps", type=int, help="optimizer steps (preset)")
     parser.add_argument("--batch-size", type=int, help="sequences per step (preset)")
@@ -62,7 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
     # evaluation and output
-    parser.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (default 500)")
+    parser.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations (default 1000)")
     parser.add_argument("--eval-problems", type=int, default=500, help="held-out problems per task at the end (default 500)")
     parser.add_argument("--log-every", type=int, default=25, help="steps between progress lines (default 25)")
     parser.add_argument("--save-every", type=int, default=250, help="steps between checkpoints (default 250)")
@@ -156,14 +157,13 @@ def main():
     eval_small = held_out_problems(100, args.seed)
     eval_final = held_out_problems(args.eval_problems, args.seed)
     train = training_problems(args, eval_final)
-    fine = args.granularity == "fine"
     tokenizer_path = os.path.join(args.out, "tokenizer.model")
     if os.path.exists(tokenizer_path):
         tokenizer = Tokenizer.from_file(tokenizer_path)
     else:
-        tokenizer = train_tokenizer([tasks.full_trace(p, fine) for p in train[::10]], tokenizer_path)
+        tokenizer = train_tokenizer([tasks.full_trace(p, args.granularity) for p in train[::10]], tokenizer_path)
     try:
-        examples = make_examples(tokenizer, train, fine)
+        examples = make_examples(tokenizer, train, args.granularity)
     except ValueError as error:
         raise UserError(f"{tokenizer_path} cannot encode the training traces ({error}): delete it, or choose "
                         f"another --out") from None

@@ -129,12 +129,12 @@ def sampled_traces(policy, tokenizer, problems, num_samples, temperature, seed):
             for per_problem in attempts]
 
 
-def corrupted_traces(tokenizer, problems, fine, seed):
+def corrupted_traces(tokenizer, problems, granularity, seed):
     """One trace per problem with a wrong step and a consistent continuation (tasks.corrupt)."""
     rng = random.Random(seed)
     traces = []
     for problem in problems:
-        steps, answer, _ = tasks.corrupt(problem, rng, fine)
+        steps, answer, _ = tasks.corrupt(problem, rng, granularity)
         prompt = tokenizer.encode_prompt(tasks.format_prompt(problem))
         completion = tokenizer.encode(tasks.format_completion(steps, answer)) + [tokenizer.eos_id]
         traces.append(prm.label_trace(tokenizer, problem, prompt, completion, source="corrupt"))
@@ -316,7 +316,7 @@ def main():
     if os.path.exists(data_path) and not args.resume:
         raise UserError(f"{args.out} already holds a run: pass --resume to continue it, or choose another --out")
     policy, tokenizer, policy_ckpt = load_policy(args.policy, device)
-    fine = policy_ckpt["args"].get("granularity", "fine") == "fine"
+    granularity = policy_ckpt["args"].get("granularity", tasks.DEFAULT_GRANULARITY)  # the traces the policy knows
     metrics = MetricsLogger(args.out)
     write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "policy": args.policy,
                                                        "policy_config": policy_ckpt["model_config"]})
@@ -334,7 +334,7 @@ def main():
         problems = training_problems(args, held_out)
         traces = [t for per_problem in sampled_traces(policy, tokenizer, problems, args.samples_per_problem,
                                                       args.temperature, args.seed) for t in per_problem]
-        traces += corrupted_traces(tokenizer, problems, fine, args.seed)
+        traces += corrupted_traces(tokenizer, problems, granularity, args.seed)
         t_rollouts = time.time()
         print(f"data: {len(traces)} traces sampled and labelled exactly ({t_rollouts - t_train_start:.0f}s); "
               f"{args.mc_k} rollouts from each of {sum(len(t.exact) for t in traces)} scoring positions...", flush=True)

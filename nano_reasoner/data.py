@@ -31,10 +31,10 @@ def make_example(tokenizer, problem, steps, answer):
     return Example(prompt + completion, len(prompt))
 
 
-def make_examples(tokenizer, problems, fine=False):
+def make_examples(tokenizer, problems, granularity="coarse"):
     examples = []
     for problem in problems:
-        steps, answer = tasks.solve(problem, fine)
+        steps, answer = tasks.solve(problem, granularity)
         examples.append(make_example(tokenizer, problem, steps, answer))
     return examples
 

@@ -27,7 +27,7 @@ VERIFIER_EXAMPLES = 500
 MUTATIONS = 20
 
 PROBLEMS = {"arith": tasks.generate("arith", 24, seed=5), "countdown": tasks.generate("countdown", 24, seed=5)}
-CORRECT = {task: [tasks.format_completion(*tasks.solve(p, fine=i % 2 == 0)) for i, p in enumerate(problems)]
+CORRECT = {task: [tasks.format_completion(*tasks.solve(p, tasks.GRANULARITIES[i % 3])) for i, p in enumerate(problems)]
            for task, problems in PROBLEMS.items()}
 
 # the characters and markers the formats are built from, plus things that must never be executed or trusted

@@ -47,10 +47,29 @@ def test_arith_solution_reduces_in_precedence_order():
 
 
 def test_arith_fine_granularity_works_through_partial_products():
-    steps, answer = arith.solve(arith_problem("38*27+1"), fine=True)
+    steps, answer = arith.solve(arith_problem("38*27+1"), "fine")
     assert steps[0] == "38*27=38*20+38*7=760+266=1026;1026+1"
     assert answer == "1027"
     assert arith.verify(arith_problem("38*27+1"), format_completion(steps, answer)).is_correct
+
+
+def test_arith_digits_granularity_works_through_single_digit_products():
+    steps, answer = arith.solve(arith_problem("38*27+1"), "digits")
+    assert steps[0] == "38*27=30*20+8*20+30*7+8*7=600+160+210+56=760+266=1026;1026+1"
+    assert arith.verify(arith_problem("38*27+1"), format_completion(steps, answer)).is_correct
+    assert arith.solve(arith_problem("76*9"), "digits")[0] == ["76*9=70*9+6*9=630+54=684;684"]
+    assert arith.solve(arith_problem("(2-15)*4"), "digits")[0][1] == "-13*4=-10*4+-3*4=-40+-12=-52;-52"
+    # a times-table fact, or a product of zero, is written at once
+    for text in ("7*8", "30*4", "0*55"):
+        assert arith.solve(arith_problem(text), "digits") == arith.solve(arith_problem(text), "coarse")
+    # one wrong single-digit product anywhere in the chain makes the step wrong
+    problem = arith_problem("76*9")
+    wrong = "76*9=70*9+6*9=630+44=674;674\n</think>\n674"
+    verdict = arith.verify(problem, wrong)
+    assert not verdict.is_correct and verdict.step_ok == [False] and "wrong arithmetic" in arith.check_step(
+        expr.parse("76*9"), wrong.split("\n")[0])[1]
+    with pytest.raises(ValueError, match="granularity"):
+        arith.solve(problem, "finest")
 
 
 def test_arith_verifier_verdicts():
@@ -84,8 +103,9 @@ def test_arith_generator_is_seeded_and_respects_difficulty():
 def test_arith_corrupted_traces_are_labelled_bad_from_the_mistake_on():
     rng = random.Random(0)
     for problem in arith.generate(200, seed=3):
-        steps, answer, bad = arith.corrupt(problem, rng)
-        assert arith.step_labels(problem, steps) == [i < bad for i in range(len(steps))]
+        for granularity in arith.GRANULARITIES:
+            steps, answer, bad = arith.corrupt(problem, rng, granularity)
+            assert arith.step_labels(problem, steps) == [i < bad for i in range(len(steps))]
 
 
 # ----------------------------------------------------------------------------- countdown
@@ -195,7 +215,7 @@ def test_flip_digits_reverses_each_number_and_is_its_own_inverse():
     assert tasks.flip_digits("38*27=38*20+38*7=760+266=1026;1026+1") == "83*72=83*02+83*7=067+662=6201;6201+1"
     assert tasks.flip_digits("25-19=6;3 7 6") == "52-91=6;3 7 6"
     for problem in tasks.generate("arith", 50, seed=3) + tasks.generate("countdown", 50, seed=3):
-        for step in tasks.solve(problem, fine=True)[0]:
+        for step in tasks.solve(problem, "digits")[0]:
             assert tasks.flip_digits(tasks.flip_digits(step)) == step
 
 

@@ -7,7 +7,7 @@ from nano_reasoner.tokenizer import BOS_ID, EOS_ID, Tokenizer, train_tokenizer
 @pytest.fixture(scope="module")
 def traces():
     problems = tasks.generate("arith", 600, seed=0) + tasks.generate("countdown", 300, seed=0, difficulties=(3, 4))
-    return [tasks.full_trace(p, fine) for p in problems for fine in (False, True)]
+    return [tasks.full_trace(p, granularity) for p in problems for granularity in tasks.GRANULARITIES]
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def tokenizer(traces, tmp_path_factory):
 
 
 def test_round_trip_is_exact_on_every_generated_trace(tokenizer, traces):
-    held_out = [tasks.full_trace(p, True) for p in tasks.generate("arith", 500, seed=9)]
+    held_out = [tasks.full_trace(p, "digits") for p in tasks.generate("arith", 500, seed=9)]
     for text in traces + held_out:
         assert tokenizer.decode(tokenizer.encode(text)) == text
 

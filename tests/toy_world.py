@@ -35,7 +35,7 @@ SINGLE_PATH = [(["2*3=6;6+4", "6+4=01;01"], "10", 1.0)]
 @functools.lru_cache(maxsize=None)
 def toy_tokenizer(tmp_dir):
     problems = tasks.generate("arith", 300, seed=0, difficulties=(1, 2, 3))
-    return train_tokenizer([tasks.full_trace(p, True) for p in problems], f"{tmp_dir}/toy_tok.model")
+    return train_tokenizer([tasks.full_trace(p, "fine") for p in problems], f"{tmp_dir}/toy_tok.model")
 
 
 def line_table(tokenizer, paths):

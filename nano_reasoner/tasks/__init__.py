@@ -12,10 +12,10 @@ in a Verdict quotes steps in reading order, for people.
 Each task module offers the same functions:
     generate(n, seed, difficulties) -> [Problem]      seeded problem generator by difficulty
     parse_problem(text) -> Problem                     a problem a person typed, or ProblemError with the fix
-    solve(problem, fine) -> (steps, answer)            the exact chain of thought
+    solve(problem, granularity) -> (steps, answer)     the exact chain of thought (arith: GRANULARITIES)
     verify(problem, completion) -> Verdict             the exact verifier of model output (never raises)
     step_labels(problem, steps) -> [bool]              exact step labels (is the prefix still sound)
-    corrupt(problem, rng, fine) -> (steps, answer, i)  a trace with one wrong step i and a consistent continuation
+    corrupt(problem, rng, granularity) -> (steps, answer, i)  one wrong step i and a consistent continuation
 and a flag, CHECKABLE_AT_TEST_TIME: can a search check its own candidates, from the problem alone? Countdown can
 (countdown.check: the numbers and the target are all it needs); arith cannot (checking is computing the answer).
 """
@@ -25,6 +25,8 @@ from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Probl
                                        shown_problem)
 
 TASKS = {"arith": arith, "countdown": countdown}
+GRANULARITIES = arith.GRANULARITIES  # only arith has a choice; countdown steps are one small operation each
+DEFAULT_GRANULARITY = "fine"         # what the presets train on (train_pretrain.py --granularity)
 
 
 def module(task):
@@ -42,8 +44,8 @@ def parse_problem(task, text):
     return module(task).parse_problem(text)
 
 
-def solve(problem, fine=False):
-    steps, answer = module(problem.task).solve(problem, fine)
+def solve(problem, granularity="coarse"):
+    steps, answer = module(problem.task).solve(problem, granularity)
     return [flip_digits(step) for step in steps], answer
 
 
@@ -72,12 +74,12 @@ def step_labels(problem, steps):
     return module(problem.task).step_labels(problem, [flip_digits(step) for step in steps])
 
 
-def corrupt(problem, rng, fine=False):
-    steps, answer, bad_index = module(problem.task).corrupt(problem, rng, fine)
+def corrupt(problem, rng, granularity="coarse"):
+    steps, answer, bad_index = module(problem.task).corrupt(problem, rng, granularity)
     return [flip_digits(step) for step in steps], answer, bad_index
 
 
-def full_trace(problem, fine=False):
+def full_trace(problem, granularity="coarse"):
     """Prompt + completion text of the exact solution (without the end-of-sequence token)."""
-    steps, answer = solve(problem, fine)
+    steps, answer = solve(problem, granularity)
     return format_prompt(problem) + format_completion(steps, answer)

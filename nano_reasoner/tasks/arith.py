@@ -14,10 +14,17 @@ Chain of thought: each step applies the next operation in evaluation order (the 
 The steps are shown, built and checked here in reading order; the model writes every number of its thinking units
 digit first (`83*2=67;7+67-51`), and tasks/__init__.py flips between the two (trace.py explains why).
 
-Two granularities. Coarse (above) does each operation in one equation. Fine works a multiplication of two
-multi-digit numbers through partial products, the way it is done on paper, which spends more thinking tokens on the
-hardest operation: `38*27=38*20+38*7=760+266=1026;...`. Both are checked the same way: every `=` in the chain joins
-two expressions of equal value.
+Three granularities, which spend more and more thinking tokens on the hardest operation, the product:
+- coarse (above) does each operation in one equation;
+- fine (what the presets train on) works a product of two multi-digit numbers through partial products, one per
+  digit of the right operand, the way it is done on paper: `38*27=38*20+38*7=760+266=1026;...`;
+- digits goes down to single-digit products, so that every product the model writes at once is a fact from the
+  times table, and every carry is done by an addition: `38*27=30*20+8*20+30*7+8*7=600+160+210+56=760+266=1026`,
+  and `76*9=70*9+6*9=630+54=684`. The tiny model trained on fine traces writes `76*9=684` in one go and gets the
+  tens digit wrong about half the time: it must add the carry of 6*9 to 7*9 in one token. Trained on digits traces,
+  it solves 1-operation problems almost always, but the traces are 10% longer (README, stage 2). Signs stay with
+  the digits: `-13*4=-10*4+-3*4=-40+-12=-52`.
+All are checked the same way: every `=` in the chain joins two expressions of equal value.
 
 A step is *valid* when (1) its first equation is one operation on two numbers of the current expression and every `=`
 in its chain holds, and (2) the expression it leaves is the current one with exactly that operation replaced by its
@@ -36,6 +43,7 @@ from nano_reasoner.tasks.trace import ParsedCompletion, Problem, ProblemError, V
 TASK = "arith"
 CHECKABLE_AT_TEST_TIME = False  # checking an answer means computing it: no test-time checker
 DIFFICULTIES = (1, 2, 3, 4, 5, 6)
+GRANULARITIES = ("coarse", "fine", "digits")  # how finely a product is worked through (module docstring)
 MAX_OPERAND = 99
 MAX_INTERMEDIATE = 9999
 
@@ -93,25 +101,45 @@ def answer_of(problem):
 
 # ----------------------------------------------------------------------------- traces
 
-def _equation(x, op, y, value, fine):
-    """'38*27=1026' (coarse) or '38*27=38*20+38*7=760+266=1026' (fine)."""
+def _digit_parts(n):
+    """n as a sum of its nonzero digits at their place values, sign kept: 305 -> [300, 5], -38 -> [-30, -8]."""
+    sign = -1 if n < 0 else 1
+    digits = str(abs(n))
+    return [sign * int(d) * 10 ** (len(digits) - 1 - k) for k, d in enumerate(digits) if d != "0"] or [0]
+
+
+def _equation(x, op, y, value, granularity):
+    """One operation written at a granularity (module docstring): '38*27=1026' (coarse),
+    '38*27=38*20+38*7=760+266=1026' (fine), '38*27=30*20+8*20+30*7+8*7=600+160+210+56=760+266=1026' (digits)."""
     head = f"{x}{op}{y}"
-    if not (fine and op == "*" and x >= 10 and y >= 10):
+    if op != "*" or granularity == "coarse":
         return f"{head}={value}"
-    digits = str(y)
-    parts = [int(d) * 10 ** (len(digits) - 1 - k) for k, d in enumerate(digits) if d != "0"]
-    if len(parts) < 2:
+    if granularity == "fine":
+        parts = _digit_parts(y) if x >= 10 and y >= 10 else []
+        if len(parts) < 2:
+            return f"{head}={value}"
+        return f"{head}={'+'.join(f'{x}*{b}' for b in parts)}={'+'.join(str(x * b) for b in parts)}={value}"
+    x_parts, y_parts = _digit_parts(x), _digit_parts(y)
+    if len(x_parts) * len(y_parts) < 2 or value == 0:  # 7*8, 30*4, 0*55: a fact, written at once
         return f"{head}={value}"
-    products = "+".join(f"{x}*{part}" for part in parts)
-    partials = "+".join(str(x * part) for part in parts)
-    return f"{head}={products}={partials}={value}"
+    pairs = [(a, b) for b in y_parts for a in x_parts]
+    links = [head, "+".join(f"{a}*{b}" for a, b in pairs), "+".join(str(a * b) for a, b in pairs)]
+    if len(x_parts) > 1 and len(y_parts) > 1:  # sum the products row by row first: 760+266, one row per digit of y
+        links.append("+".join(str(x * b) for b in y_parts))
+    return "=".join(links + [str(value)])
 
 
-def solve(problem, fine=False):
-    """The exact chain of thought: (steps, answer)."""
+def _check_granularity(granularity):
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity {granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+
+
+def solve(problem, granularity="coarse"):
+    """The exact chain of thought at a granularity (GRANULARITIES): (steps, answer)."""
+    _check_granularity(granularity)
     steps = []
     for _, x, op, y, value, tree_after in _reductions(expr.parse(problem.text)):
-        steps.append(f"{_equation(x, op, y, value, fine)};{expr.to_text(tree_after)}")
+        steps.append(f"{_equation(x, op, y, value, granularity)};{expr.to_text(tree_after)}")
     return steps, str(answer_of(problem))
 
 
@@ -183,19 +211,20 @@ def verify(problem, completion):
     return Verdict(True, parsed.answer, "", True, step_ok)
 
 
-def corrupt(problem, rng, fine=False):
+def corrupt(problem, rng, granularity="coarse"):
     """A trace with one wrong step and a consistent continuation from it: (steps, answer, index of the bad step).
 
     The mistake is either wrong arithmetic (the value is off, and the wrong value is carried on) or a copying slip
     (the arithmetic is right but another number of the expression is miscopied). Later steps are valid from the
     wrong state, so only the step labels, not a local check of later lines, reveal that the solution is lost."""
+    _check_granularity(granularity)
     tree = expr.parse(problem.text)
     reductions = _reductions(tree)
     bad_index = rng.randrange(len(reductions))
     steps = []
     for index in range(bad_index):
         _, x, op, y, value, tree = reductions[index]
-        steps.append(f"{_equation(x, op, y, value, fine)};{expr.to_text(tree)}")
+        steps.append(f"{_equation(x, op, y, value, granularity)};{expr.to_text(tree)}")
     path = expr.first_reducible(tree)
     op, left, right = expr.subtree(tree, path)
     value = expr.evaluate((op, left, right))
@@ -205,13 +234,13 @@ def corrupt(problem, rng, fine=False):
     if others and rng.random() < 0.3:
         slip = rng.choice(others)
         after = expr.replace(after, slip, ("num", expr.subtree(after, slip)[1] + delta))
-        line = f"{_equation(left[1], op, right[1], value, fine)};{expr.to_text(after)}"
+        line = f"{_equation(left[1], op, right[1], value, granularity)};{expr.to_text(after)}"
     else:
         after = expr.replace(tree, path, ("num", value + delta))
         line = f"{left[1]}{op}{right[1]}={value + delta};{expr.to_text(after)}"
     steps.append(line)
     for _, x, op, y, value, tree_after in _reductions(after):
-        steps.append(f"{_equation(x, op, y, value, fine)};{expr.to_text(tree_after)}")
+        steps.append(f"{_equation(x, op, y, value, granularity)};{expr.to_text(tree_after)}")
     return steps, str(expr.evaluate(after)), bad_index
 
 

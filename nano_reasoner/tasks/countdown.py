@@ -85,6 +85,9 @@ def _remove_pair(numbers, i, j):
 def _reachable_sorted(numbers, target):
     if target in numbers:
         return True
+    if len(numbers) == 2:  # the leaves of the search, most of its calls: one step left, checked directly
+        small, large = numbers
+        return small + large == target or small * large == target or (large > small and large - small == target)
     for i, j, _, _, _, value in _moves(numbers):
         if _reachable_sorted(tuple(sorted(_remove_pair(numbers, i, j) + (value,))), target):
             return True
@@ -179,8 +182,9 @@ def generate(n, seed, difficulties=DIFFICULTIES):
 
 # ----------------------------------------------------------------------------- traces
 
-def solve(problem, fine=False):
-    """A shortest chain of thought, deterministic for a problem: (steps, answer). `fine` has no meaning here."""
+def solve(problem, granularity="coarse"):
+    """A shortest chain of thought, deterministic for a problem: (steps, answer). The granularity is arith's: every
+    countdown step is one operation on small numbers, written at once."""
     numbers, target = parse_numbers(problem.text)
     solution = shortest_solution(numbers, target, random.Random(problem.text))
     if solution is None:
@@ -289,7 +293,7 @@ def verify(problem, completion):
     return Verdict(is_correct, parsed.answer, reason, is_well_formed, step_labels(problem, parsed.steps))
 
 
-def corrupt(problem, rng, fine=False):
+def corrupt(problem, rng, granularity="coarse"):
     """A trace with one bad step and a consistent continuation: (steps, answer, index of the bad step).
 
     The bad step is wrong arithmetic (the wrong value is then used as if right), or a legal step that leaves the
