@@ -86,7 +86,8 @@ class Compute:
 
 @lru_cache(maxsize=None)
 def sample_tokens(tokenizer, task, difficulty):
-    """Tokens of one typical full solution (completion + eos) of a `task` problem of this difficulty."""
+    """Tokens of one typical full solution (completion + eos) of a `task` problem of this difficulty, written at the
+    granularity the presets train on."""
     problems = tasks.generate(task, 32, seed=4242, difficulties=(difficulty,))
     lengths = [len(tokenizer.encode(tasks.full_trace(p, tasks.DEFAULT_GRANULARITY)[len(tasks.format_prompt(p)):])) + 1 for p in problems]
     return round(sum(lengths) / len(lengths))
