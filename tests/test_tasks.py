@@ -161,6 +161,23 @@ def test_countdown_solver_is_exact():
     assert countdown.is_reachable((2, 3, 5), 25)
     assert not countdown.is_reachable((2, 3, 5), 31)   # the largest reachable number is 2*3*5 = 30
     assert countdown.is_reachable((2, 3, 5), 30)
+    # the last step is checked directly, without recursion: the rules of - hold there too
+    assert countdown.is_reachable((3, 10), 7) and not countdown.is_reachable((7, 7), 0)
+    assert countdown.is_reachable((7, 7), 49) and countdown.is_reachable((7, 7), 14)
+
+
+def test_countdown_solver_agrees_with_listing_every_reachable_value():
+    def reachable_values(numbers):  # every value some legal steps make, listed by brute force
+        values = set(numbers)
+        for i, j, _, _, _, value in countdown._moves(numbers):
+            values |= reachable_values(countdown._remove_pair(numbers, i, j) + (value,))
+        return values
+    rng = random.Random(11)
+    for _ in range(60):
+        numbers = tuple(rng.randint(1, 25) for _ in range(rng.choice((2, 3, 4))))
+        values = reachable_values(numbers)
+        for target in range(1, 200):
+            assert countdown.is_reachable(numbers, target) == (target in values), (numbers, target)
 
 
 def test_countdown_generator_makes_solvable_problems_in_range():
