@@ -9,6 +9,9 @@ Recipe (the stages of nano_reasoner/prm.py):
                 label, and Monte-Carlo labels from k rollouts of the policy (Math-Shepherd).
   (2) train     three verifiers, each initialised from the policy with a new scalar head, same data, same steps:
                 PRM-exact, PRM-MC (hard or soft labels from k rollouts), ORM (the outcome label at every step end).
+                With --rank-weight, each also learns to rank a right solution above a wrong one of the same problem
+                (prm.ranking_loss), on pairs from the labelled traces and from --rank-problems more problems per
+                task, sampled --rank-samples times each and labelled by outcome only (no rollouts, so they are cheap).
   (3) measure   on held-out problems: step-level AUROC and accuracy against the exact labels; agreement of Monte-
                 Carlo labels with the exact ones for k = 1, 4, 16; best-of-N accuracy for N = 1, 2, ..., 64 choosing
                 by each verifier and by majority vote, against greedy decoding and the pass@N oracle.
@@ -20,6 +23,7 @@ Resume after a stop with --resume (same flags): labelled data and finished verif
 verifier continues from its last checkpoint.
 """
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -66,6 +70,14 @@ def parse_args(argv=None):
     parser.add_argument("--mc-k", type=int, default=4, help="Monte-Carlo rollouts per step for PRM-MC (default 4)")
     parser.add_argument("--mc-label", choices=("hard", "soft"), default="hard",
                         help="PRM-MC labels: hard = any rollout correct, soft = fraction correct (default hard)")
+    parser.add_argument("--tasks", default=",".join(tasks.TASKS), help="tasks to train and measure on, comma "
+                        f"separated (default {','.join(tasks.TASKS)})")
+    parser.add_argument("--rank-weight", type=float, default=0.0, help="weight of the within-problem ranking loss "
+                        "(prm.ranking_loss) added to each verifier's loss; 0 = off (default 0)")
+    parser.add_argument("--rank-problems", type=int, default=0, help="extra problems per task whose samples are used "
+                        "only for ranking pairs (outcome labels only, no rollouts; default 0)")
+    parser.add_argument("--rank-samples", type=int, default=8, help="policy samples per --rank-problems problem "
+                        "(default 8)")
     parser.add_argument("--final-labels", choices=("exact", "mc"), default="exact",
                         help="which PRM becomes --out/ckpt.pt for the later stages (default exact)")
     # optimization
@@ -103,6 +115,12 @@ def parse_args(argv=None):
         raise UserError("--lr, --temperature and --grad-clip must be positive")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file: give a folder")
+    args.tasks = list(dict.fromkeys(name.strip() for name in args.tasks.split(",") if name.strip()))
+    if not args.tasks or not set(args.tasks) <= set(tasks.TASKS):
+        raise UserError(f"--tasks {','.join(args.tasks) or 'nothing'}: choose among {', '.join(tasks.TASKS)}, "
+                        f"comma separated")
+    if not 0 <= args.rank_weight < float("inf") or args.rank_problems < 0 or args.rank_samples < 2:
+        raise UserError("--rank-weight and --rank-problems must be >= 0, --rank-samples at least 2")
     return args
 
 
@@ -110,15 +128,20 @@ def parse_args(argv=None):
 # (1) data
 
 def training_problems(args, held_out):
-    """Training problems per task at the held-out difficulties, none of them held out."""
+    """Training problems per task at the held-out difficulties, none of them held out: (the problems of the labelled
+    traces, the --rank-problems more whose samples only make ranking pairs)."""
     held_out_texts = {p.text for problems in held_out.values() for p in problems}
-    problems = []
+    problems, rank_problems = [], []
     for i, task in enumerate(tasks.TASKS):
-        candidates = tasks.generate(task, 2 * args.train_problems + 100, seed=args.seed + 500 + i,
+        if task not in args.tasks:
+            continue
+        wanted = args.train_problems + args.rank_problems
+        candidates = tasks.generate(task, 2 * wanted + 100, seed=args.seed + 500 + i,
                                     difficulties=EVAL_DIFFICULTIES[task])
         fresh = list(dict.fromkeys(p for p in candidates if p.text not in held_out_texts))
         problems += fresh[:args.train_problems]
-    return problems
+        rank_problems += fresh[args.train_problems:wanted]
+    return problems, rank_problems
 
 
 def sampled_traces(policy, tokenizer, problems, num_samples, temperature, seed):
@@ -141,26 +164,34 @@ def corrupted_traces(tokenizer, problems, granularity, seed):
     return traces
 
 
-def save_data(path, traces, rollouts):
+def save_data(path, traces, rollouts, rank_traces):
     """The labelled training data as plain lists (loadable with weights_only), written atomically."""
-    rows = [{"task": t.problem.task, "text": t.problem.text, "difficulty": t.problem.difficulty, "prompt": t.prompt,
-             "completion": t.completion, "exact": t.exact, "outcome": t.outcome, "num_step_lines": t.num_step_lines,
-             "source": t.source, "rollouts": r} for t, r in zip(traces, rollouts)]
-    atomic_write(path, lambda file: torch.save({"rows": rows}, file))
+    def row(t, rollouts_of_trace):
+        return {"task": t.problem.task, "text": t.problem.text, "difficulty": t.problem.difficulty, "prompt": t.prompt,
+                "completion": t.completion, "exact": t.exact, "outcome": t.outcome,
+                "num_step_lines": t.num_step_lines, "source": t.source, "rollouts": rollouts_of_trace}
+    atomic_write(path, lambda file: torch.save({"rows": [row(t, r) for t, r in zip(traces, rollouts)],
+                                                "rank_rows": [row(t, []) for t in rank_traces]}, file))
 
 
 def load_data(path):
-    rows = torch.load(path, weights_only=True)["rows"]
-    traces = [prm.LabelledTrace(tasks.Problem(r["task"], r["text"], r["difficulty"]), r["prompt"], r["completion"],
-                                r["exact"], r["outcome"], r["num_step_lines"], r["source"]) for r in rows]
-    return traces, [r["rollouts"] for r in rows]
+    """-> (labelled traces, their rollouts, traces used only for ranking pairs)."""
+    data = torch.load(path, weights_only=True)
+
+    def trace(r):
+        return prm.LabelledTrace(tasks.Problem(r["task"], r["text"], r["difficulty"]), r["prompt"], r["completion"],
+                                 r["exact"], r["outcome"], r["num_step_lines"], r["source"])
+    return ([trace(r) for r in data["rows"]], [r["rollouts"] for r in data["rows"]],
+            [trace(r) for r in data.get("rank_rows", [])])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # (2) training one verifier
 
-def train_verifier(name, kind, ckpt_path, policy, tokenizer, traces, labels, args, device, metrics):
-    """Train (or resume, or reload when finished) one verifier on `labels` (per trace, one per scoring position)."""
+def train_verifier(name, kind, ckpt_path, policy, tokenizer, traces, labels, args, device, metrics, pair_traces=(),
+                   pairs=()):
+    """Train (or resume, or reload when finished) one verifier on `labels` (per trace, one per scoring position),
+    plus args.rank_weight x the ranking loss on batch_size // 2 of `pairs` (indices into pair_traces) per step."""
     model = prm.verifier_from_policy(policy)
     optimizer = configure_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     step = 0
@@ -211,6 +242,13 @@ def train_verifier(name, kind, ckpt_path, policy, tokenizer, traces, labels, arg
         with autocast(device):
             loss = prm.verifier_loss(model, tokenizer, [t.prompt for t in batch], [t.completion for t in batch],
                                      batch_labels)
+            rank_loss = None
+            if args.rank_weight > 0 and pairs:
+                # a pure function of (seed, step), so a resumed run draws the pairs it would have drawn
+                chosen = random.Random(args.seed * 1_000_003 + step).sample(pairs, min(len(pairs), max(1, args.batch_size // 2)))
+                rank_loss = prm.ranking_loss(model, tokenizer, [pair_traces[r] for r, _ in chosen],
+                                             [pair_traces[w] for _, w in chosen])
+                loss = loss + args.rank_weight * rank_loss
         if not torch.isfinite(loss):
             raise UserError(f"{name}: the loss became {loss.item()} at step {step}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -219,9 +257,10 @@ def train_verifier(name, kind, ckpt_path, policy, tokenizer, traces, labels, arg
         optimizer.step()
         step += 1
         if step % args.log_every == 0 or step == args.steps:
+            extra = {} if rank_loss is None else {"rank_loss": rank_loss.item()}
             print(f"{name} " + progress_line(step, args.steps, time.time() - t_start, start_step=start_step, loss=loss.item(),
-                                             lr=lr), flush=True)
-            metrics.log(verifier=name, step=step, loss=loss.item(), lr=lr)
+                                             lr=lr, **extra), flush=True)
+            metrics.log(verifier=name, step=step, loss=loss.item(), lr=lr, **extra)
         if step % args.save_every == 0:
             save(step)
     save(step)
@@ -328,10 +367,10 @@ def main():
     held_out = {task: held_out_problems(500, policy_seed)[task] + held_out_problems(args.eval_problems, policy_seed)[task]
                 for task in tasks.TASKS}
     if os.path.exists(data_path):
-        traces, rollouts = load_data(data_path)
+        traces, rollouts, rank_traces = load_data(data_path)
         print(f"data: {len(traces)} labelled traces from {data_path}")
     else:
-        problems = training_problems(args, held_out)
+        problems, rank_problems = training_problems(args, held_out)
         traces = [t for per_problem in sampled_traces(policy, tokenizer, problems, args.samples_per_problem,
                                                       args.temperature, args.seed) for t in per_problem]
         traces += corrupted_traces(tokenizer, problems, granularity, args.seed)
@@ -340,8 +379,15 @@ def main():
               f"{args.mc_k} rollouts from each of {sum(len(t.exact) for t in traces)} scoring positions...", flush=True)
         rollouts = prm.monte_carlo_rollouts(policy, tokenizer, traces, args.mc_k, temperature=args.temperature,
                                             seed=args.seed)
-        save_data(data_path, traces, rollouts)
-        print(f"data: {len(problems)} problems -> {len(traces)} traces, {time.time() - t_rollouts:.0f}s of "
+        t_rank = time.time()
+        rank_traces = []
+        if rank_problems:
+            rank_traces = [dataclasses.replace(t, source="rank") for per_problem in sampled_traces(
+                policy, tokenizer, rank_problems, args.rank_samples, args.temperature, args.seed + 3) for t in per_problem]
+            print(f"data: {len(rank_traces)} more samples of {len(rank_problems)} problems for ranking pairs "
+                  f"({time.time() - t_rank:.0f}s)", flush=True)
+        save_data(data_path, traces, rollouts, rank_traces)
+        print(f"data: {len(problems)} problems -> {len(traces)} traces, {t_rank - t_rollouts:.0f}s of "
               f"{args.mc_k} rollouts per step, {time.time() - t_train_start:.0f}s in all", flush=True)
     sampled = [t for t in traces if t.source == "policy"]
     positions = sum(len(t.exact) for t in traces)
@@ -350,6 +396,12 @@ def main():
                   "positions": positions, "good_frac": sum(sum(t.exact) for t in traces) / positions}
     print(f"data: {data_stats['policy_correct_frac']:.1%} of the policy's solutions are correct, "
           f"{data_stats['good_frac']:.1%} of scoring positions are good")
+
+    pair_traces = traces + rank_traces
+    pairs = prm.ranking_pairs(pair_traces) if args.rank_weight > 0 else []
+    data_stats["rank_traces"], data_stats["rank_pairs"] = len(rank_traces), len(pairs)
+    if args.rank_weight > 0:
+        print(f"data: {len(pairs)} (right, wrong) pairs of solutions of the same problem for the ranking loss")
 
     # (2) train PRM-exact, PRM-MC and ORM on the same traces
     mc_name = f"prm-mc{args.mc_k}-{args.mc_label}"
@@ -364,7 +416,7 @@ def main():
     verifiers = {}
     for name, (kind, labels) in label_sets.items():
         verifiers[name], interrupted = train_verifier(name, kind, paths[name], policy, tokenizer, traces, labels,
-                                                      args, device, metrics)
+                                                      args, device, metrics, pair_traces, pairs)
         if interrupted:
             print(f"interrupted: saved {paths[name]}; continue with --resume")
             return
@@ -373,7 +425,8 @@ def main():
 
     # (3) measure on held-out problems
     t_eval = time.time()
-    eval_sets = held_out_problems(args.eval_problems, policy_seed)
+    eval_sets = {task: problems for task, problems in held_out_problems(args.eval_problems, policy_seed).items()
+                 if task in args.tasks}
     results = {"data": data_stats, "train_seconds": train_seconds, "tasks": {}}
     best_of_n = {}
     all_auroc_traces = {name: ([], []) for name in verifiers}
@@ -471,7 +524,11 @@ def write_outputs(args, results, best_of_n, mc_name):
         f"({mc_name}: {args.mc_k} rollouts per step, {args.mc_label} label), ORM (outcome label at every step end). "
         f"{format_duration(results['train_seconds'])} for labels and training, "
         f"{format_duration(results['eval_seconds'])} for evaluation. `{folder}/ckpt.pt` is the PRM on "
-        f"{args.final_labels} labels; `{folder}/orm.pt` the ORM.", "",
+        f"{args.final_labels} labels; `{folder}/orm.pt` the ORM." + (
+            f" Each verifier also had the within-problem ranking loss, weight {args.rank_weight:g}, on "
+            f"{args.batch_size // 2} pairs a step drawn from {data['rank_pairs']} (right, wrong) pairs of solutions of "
+            f"the same problem ({data['rank_traces']} more samples of {args.rank_problems} problems per task at "
+            f"{args.rank_samples} each, beside the labelled traces)." if args.rank_weight > 0 else ""), "",
         "Step-level quality against the exact labels (step lines of held-out policy solutions; accuracy at 0.5):", "",
         markdown_table(["verifier", "AUROC", "accuracy"] + [f"AUROC {task}" for task in results["tasks"]], step_rows), "",
         "Monte-Carlo labels against exact labels (held-out solutions; hard label = any of k rollouts correct; "
@@ -481,7 +538,7 @@ def write_outputs(args, results, best_of_n, mc_name):
         "Best-of-N accuracy on held-out problems (PRMs aggregate step scores by min, unless named; the ORM uses its "
         "last score). Majority vote does not apply to countdown: every correct answer is a different expression "
         "with the same value, the target, so votes over answer strings say nothing.", "",
-        markdown_table(["task", "chooser"] + [f"N={n}" for n in best_of_n["arith"][0]], bon_rows), "",
+        markdown_table(["task", "chooser"] + [f"N={n}" for n in next(iter(best_of_n.values()))[0]], bon_rows), "",
         f"![best-of-N]({folder}/best_of_n.png)", "", f"![verifiers]({folder}/verifiers.png)", ""]))
 
 

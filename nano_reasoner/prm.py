@@ -36,6 +36,21 @@ down; the solution is as good as its weakest prefix, which is the min. The produ
 the scores as independent per-step probabilities, which ours are not: it punishes long solutions for their length.
 "last" trusts the final score alone, which is what an ORM does.
 
+Within-problem ranking (optional, `ranking_loss`). The loss above can be lowered a long way by learning which
+*problems* are hard: solutions of an easy problem are mostly good, those of a hard one mostly bad, and a verifier
+that only knows the difference already has a high step AUROC over all problems. Best-of-N cannot use that knowledge:
+it compares solutions of one problem, where the difficulty is the same for all. A ranking term trains exactly that
+comparison. For pairs (right, wrong) of solutions of the same problem (the policy's samples, or a sample and a
+corrupted trace), with s the raw score at each solution's last scoring position,
+
+    L_rank = - mean over pairs of log sigmoid(s_right - s_wrong)
+
+the Bradley-Terry loss that reward models for RLHF are trained with (InstructGPT, Ouyang et al., arXiv 2203.02155),
+here with the exact outcome deciding which of the two is preferred. The problem's difficulty cancels in the
+difference, so only what tells the two solutions apart can lower it. On countdown that is mostly whether the last
+number left is the target; on arith it is a wrong digit somewhere, which the verifier has to check as well as the
+policy computes it. The training loss is L + rank_weight * L_rank (README, stage 3, for what it does and costs).
+
 Simplifications against the papers: the verifier starts from the tiny policy itself (Lightman et al. fine-tune a large
 base model); labels come from one policy at one temperature; Monte-Carlo rollouts are judged by our exact outcome
 verifier (Math-Shepherd compares the final answer with the reference answer); the ORM is trained at every step end
@@ -267,6 +282,36 @@ def verifier_loss(model, tokenizer, prompts, completions, labels):
         targets[row, :len(row_labels)] = torch.tensor(row_labels, dtype=torch.float32)
     position_losses = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")  # (B, S)
     return (position_losses * is_read).sum() / is_read.sum().clamp(min=1)
+
+
+def ranking_pairs(traces):
+    """Every (right, wrong) pair of solutions of the same problem: a list of (index of right, index of wrong) into
+    traces. A solution is right when its outcome is (finished, and correct by the exact verifier)."""
+    by_problem = {}
+    for index, trace in enumerate(traces):
+        if not trace.exact:  # nothing finished, not even one step: no score to compare
+            continue
+        right, wrong = by_problem.setdefault((trace.problem.task, trace.problem.text), ([], []))
+        (right if trace.outcome else wrong).append(index)
+    return [(r, w) for right, wrong in by_problem.values() for r in right for w in wrong]
+
+
+def last_logits(model, tokenizer, prompts, completions):
+    """Raw score at each solution's last scoring position (its eos when it finished), with gradients: (B,)."""
+    logits, is_read = position_logits(model, tokenizer, prompts, completions)     # (B, S) each
+    last = (is_read.sum(dim=1) - 1).clamp(min=0)                                  # (B,)
+    return logits.gather(1, last[:, None])[:, 0].float()
+
+
+def ranking_loss(model, tokenizer, right, wrong):
+    """Bradley-Terry loss -mean log sigmoid(s_right - s_wrong) over pairs of solutions of the same problem (see the
+    module docstring). right, wrong: equal-length lists of LabelledTrace, pair i = (right[i], wrong[i])."""
+    assert len(right) == len(wrong) and right, "one wrong solution per right one, at least one pair"
+    both = right + wrong
+    scores = last_logits(model, tokenizer, [t.prompt for t in both], [t.completion for t in both])  # (2P,)
+    s_right, s_wrong = scores[:len(right)], scores[len(right):]                                      # (P,) each
+    # -log sigmoid(x) = softplus(-x), computed without overflow for large |x|
+    return F.softplus(s_wrong - s_right).mean()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

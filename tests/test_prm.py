@@ -239,6 +239,45 @@ def test_a_tiny_training_run_lowers_the_loss(tokenizer, one_thread):
     assert losses[-1] < 0.85 * constant_guess_loss
 
 
+def test_ranking_pairs_are_right_wrong_pairs_of_the_same_problem(tokenizer):
+    other = tasks.Problem("arith", "5+6", 1)
+    traces = [prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, GOOD_STEPS, GOOD_ANSWER)),
+              prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, SLIP_STEPS, SLIP_ANSWER)),
+              prm.label_trace(tokenizer, other, *encode_trace(tokenizer, other, as_written(["5+6=12;12"]), "12")),
+              prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, EARLY_STEPS, EARLY_ANSWER)),
+              prm.label_trace(tokenizer, other, *encode_trace(tokenizer, other, as_written(["5+6=11;11"]), "11")),
+              prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, GOOD_STEPS, GOOD_ANSWER)),
+              prm.label_trace(tokenizer, ARITH, tokenizer.encode_prompt(tasks.format_prompt(ARITH)), [])]
+    assert [t.outcome for t in traces] == [True, False, False, False, True, True, False]
+    # the empty completion (no scoring position) is in no pair; 5+6 pairs only with 5+6
+    assert sorted(prm.ranking_pairs(traces)) == [(0, 1), (0, 3), (4, 2), (5, 1), (5, 3)]
+
+
+def test_ranking_loss_by_hand_and_its_gradient_separates_right_from_wrong(tokenizer, one_thread):
+    verifier = prm.verifier_from_policy(random_policy(tokenizer))
+    right = [prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, GOOD_STEPS, GOOD_ANSWER))]
+    wrong = [prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, SLIP_STEPS, SLIP_ANSWER))]
+    # a zero head gives both the score 0: the loss is -log sigmoid(0) = log 2
+    assert prm.ranking_loss(verifier, tokenizer, right, wrong).item() == pytest.approx(math.log(2), abs=1e-6)
+    torch.nn.init.normal_(verifier.scalar_head.weight, std=0.5)
+    s_right, s_wrong = prm.last_logits(verifier, tokenizer, [t.prompt for t in right + wrong],
+                                       [t.completion for t in right + wrong]).tolist()
+    # the last scoring position is the eos: the same score score_steps reports last
+    assert prm.score_steps(verifier, tokenizer, [right[0].prompt], [right[0].completion])[0][-1] == \
+        pytest.approx(1 / (1 + math.exp(-s_right)), abs=1e-5)
+    assert prm.ranking_loss(verifier, tokenizer, right, wrong).item() == \
+        pytest.approx(math.log(1 + math.exp(s_wrong - s_right)), abs=1e-5)
+    optimizer = torch.optim.SGD(verifier.parameters(), lr=0.5)
+    for _ in range(5):
+        loss = prm.ranking_loss(verifier, tokenizer, right, wrong)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    new_right, new_wrong = prm.last_logits(verifier, tokenizer, [t.prompt for t in right + wrong],
+                                           [t.completion for t in right + wrong]).tolist()
+    assert new_right - new_wrong > s_right - s_wrong + 0.1
+
+
 def test_load_verifier_round_trip_and_refuses_a_policy(tokenizer, tmp_path):
     policy = random_policy(tokenizer)
     verifier = prm.verifier_from_policy(policy)
