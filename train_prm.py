@@ -245,7 +245,8 @@ def train_verifier(name, kind, ckpt_path, policy, tokenizer, traces, labels, arg
             rank_loss = None
             if args.rank_weight > 0 and pairs:
                 # a pure function of (seed, step), so a resumed run draws the pairs it would have drawn
-                chosen = random.Random(args.seed * 1_000_003 + step).sample(pairs, min(len(pairs), max(1, args.batch_size // 2)))
+                num_pairs = min(len(pairs), max(1, args.batch_size // 2))
+                chosen = random.Random(args.seed * 1_000_003 + step).sample(pairs, num_pairs)
                 rank_loss = prm.ranking_loss(model, tokenizer, [pair_traces[r] for r, _ in chosen],
                                              [pair_traces[w] for _, w in chosen])
                 loss = loss + args.rank_weight * rank_loss
@@ -495,7 +496,7 @@ def write_outputs(args, results, best_of_n, mc_name):
     plot_panels(os.path.join(args.out, "best_of_n.png"), panels, title="choosing among N policy samples")
     history = read_losses(args.out)
     plot_panels(os.path.join(args.out, "verifiers.png"), [
-        {"title": "verifier training loss (BCE)", "xlabel": "step", "ylabel": "loss", "series": history},
+        {"title": "verifier training loss (BCE" + (" + ranking)" if args.rank_weight > 0 else ")"), "xlabel": "step", "ylabel": "loss", "series": history},
         {"title": "Monte-Carlo labels vs exact (step lines)", "xlabel": "k (rollouts per step)",
          "ylabel": "agreement of the hard label", "logx": True,
          "series": {task: ([a["k"] for a in r["mc_agreement"]], [a["hard_agreement"] for a in r["mc_agreement"]])
