@@ -127,6 +127,11 @@ CASES = [
      "only 0 training traces fit in --block-size 8"),
     ("fewer traces than one batch", "train_pretrain.py",
      ["--out", "new"] + TINY_RUN + ["--train-problems", "3", "--batch-size", "64"], "fewer than one batch of 64"),
+    # --- train_prm.py
+    ("unknown task for the verifiers", "train_prm.py", ["--out", "new", "--policy", "policy.pt", "--tasks", "chess"],
+     "--tasks chess: choose among arith, countdown"),
+    ("ranking pairs from one sample per problem", "train_prm.py",
+     ["--out", "new", "--policy", "policy.pt", "--rank-samples", "1"], "--rank-samples at least 2"),
     # --- train_rl.py
     ("missing initial checkpoint", "train_rl.py", ["--out", "new", "--init", "nope.pt", "--threads", "1"],
      "no checkpoint at nope.pt"),
