@@ -8,8 +8,16 @@ the completions (AdamW, warmup + cosine, gradient clipping, bf16 autocast on CUD
 difficulty on held-out problems, during and after training. Writes to --out: tokenizer.model, ckpt.pt (+ .json),
 config.json, metrics.jsonl, pretrain.png and a section of report.md (in the parent folder of --out).
 Resume after a stop with --resume (same flags): it continues from --out/ckpt.pt to the same result.
+
+Weight averaging. The weights that the run hands on are an exponential moving average (EMA) of the training
+weights, ema <- decay * ema + (1 - decay) * weights after every step (`--ema`; Polyak & Juditsky, "Acceleration of
+stochastic approximation by averaging", 1992). SGD's last iterate jitters around the minimum it is heading for; the
+average sits nearer its middle, much as a further decay of the learning rate would take it there, but for free.
+With decay 0.995 the average spans about the last 1 / (1 - 0.995) = 200 steps. The training weights themselves are
+kept in the checkpoint too (for --resume), and the optimizer only ever sees them.
 """
 import argparse
+import copy
 import os
 import signal
 import sys
@@ -27,13 +35,13 @@ from nano_reasoner.report import MetricsLogger, markdown_table, plot_panels, pro
 from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 
 PRESETS = {
-    #        layers, embd, heads, block, batch, steps, lr, problems per task, arith operations in training
-    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=16, steps=8400, lr=2e-3, train_problems=40000,
-                 arith_difficulties="1-3,1-3,4"),
+    #        layers, embd, heads, block, batch, steps, lr, problems per task, arith operations in training, weight average
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=16, steps=7000, lr=1e-3, train_problems=40000,
+                 arith_difficulties="1-3,1-3,4", ema=0.995),
     "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000,
-                  arith_difficulties="1-3"),
+                  arith_difficulties="1-3", ema=0.0),
     "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000,
-                 arith_difficulties="1-3"),
+                 arith_difficulties="1-3", ema=0.0),
 }
 
 
@@ -54,7 +62,7 @@ def parse_args(argv=None):
     parser.add_argument("--countdown-difficulties", default="3-4", help="numbers per countdown training problem (default 3-4)")
     parser.add_argument("--granularity", choices=tasks.GRANULARITIES, default=tasks.DEFAULT_GRANULARITY,
                         help="arith traces: how finely a product is worked through, coarse (at once), fine (partial "
-                        "products; default) or digits (single-digit products)")
+                        "products) or digits (single-digit products; default)")
     # optimization
     parser.add_argument("--steps", type=int, help="optimizer steps (preset)")
     parser.add_argument("--batch-size", type=int, help="sequences per step (preset)")
@@ -62,6 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
+    parser.add_argument("--ema", type=float, help="decay of the weight average handed on, 0 = the last weights "
+                        "(preset; tiny: 0.995)")
     # evaluation and output
     parser.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations (default 1000)")
     parser.add_argument("--eval-problems", type=int, default=500, help="held-out problems per task at the end (default 500)")
@@ -88,6 +98,8 @@ def parse_args(argv=None):
         raise UserError("--weight-decay must be a number >= 0")
     if args.warmup < 0:
         raise UserError("--warmup must be >= 0")
+    if not 0 <= args.ema < 1:
+        raise UserError("--ema must be a number in [0, 1): 0.995 averages about the last 200 steps, 0 turns it off")
     return args
 
 
@@ -128,6 +140,13 @@ def evaluate_all(model, tokenizer, problems_by_task):
         examples[task] = attempts[0][0]
     model.train()
     return accuracy, examples
+
+
+@torch.no_grad()
+def update_average(averaged, model, decay):
+    """One step of the weight average (module docstring): ema <- decay * ema + (1 - decay) * weights, in place."""
+    for average, weight in zip(averaged.parameters(), model.parameters()):
+        average.lerp_(weight, 1 - decay)  # average + (1 - decay) * (weight - average)
 
 
 def main():
@@ -182,13 +201,17 @@ def main():
                        n_head=args.n_head, n_embd=args.n_embd)
     model = GPT(config).to(device)
     optimizer = configure_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+    # the average handed on (module docstring); without --ema it is the training model itself
+    averaged = copy.deepcopy(model) if args.ema > 0 else model
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layer} layers, width {args.n_embd}, device {device}")
     step = 0
     metrics = MetricsLogger(args.out)
     if ckpt is not None:
         if ckpt["tokenizer_sha256"] != tokenizer.sha256 or ckpt["model_config"] != vars(config):
             raise UserError(f"{ckpt_path} was made with other settings: resume with the flags of that run")
-        model.load_state_dict(ckpt["model_state"])
+        # model_state holds the weights handed on; with --ema the training weights are kept beside them
+        model.load_state_dict(ckpt["extra"].get("training_state", ckpt["model_state"]))
+        averaged.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         restore_rng_state(ckpt["rng_state"])
         step = ckpt["step"]
@@ -206,9 +229,10 @@ def main():
         # a step can blow the weights up to inf/nan while its loss was still finite: never save such weights
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise stop_diverged(f"the weights became inf or nan by step {at_step}")
-        save_checkpoint(ckpt_path, kind="policy", model_state=model.state_dict(), model_config=vars(config),
+        extra = {"training_state": model.state_dict()} if averaged is not model else None
+        save_checkpoint(ckpt_path, kind="policy", model_state=averaged.state_dict(), model_config=vars(config),
                         tokenizer_bytes=tokenizer.model_bytes, step=at_step, args=vars(args),
-                        optimizer_state=optimizer.state_dict(), rng_state=capture_rng_state())
+                        optimizer_state=optimizer.state_dict(), rng_state=capture_rng_state(), extra=extra)
 
     # the batch stream is a pure function of the seed, so a resumed run skips the batches it already took
     stream = batches(examples, args.batch_size, seed=args.seed)
@@ -237,6 +261,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         step += 1
+        if averaged is not model:
+            update_average(averaged, model, args.ema)
         tokens_seen += inputs.numel()
         if step % args.log_every == 0 or step == args.steps:
             tok_s = tokens_seen / (time.time() - t_window)
@@ -244,7 +270,7 @@ def main():
             metrics.log(step=step, loss=loss.item(), lr=lr, tok_s=tok_s)
             tokens_seen, t_window = 0, time.time()
         if step % args.eval_every == 0 and step < args.steps:
-            accuracy, _ = evaluate_all(model, tokenizer, eval_small)
+            accuracy, _ = evaluate_all(averaged, tokenizer, eval_small)
             metrics.log(step=step, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
             print(f"eval step {step} | " + " | ".join(f"{task} {acc['all']:.1%}" for task, acc in accuracy.items()), flush=True)
             t_window, tokens_seen = time.time(), 0
@@ -258,7 +284,7 @@ def main():
 
     # final evaluation on the held-out problems
     t_eval = time.time()
-    accuracy, examples_shown = evaluate_all(model, tokenizer, eval_final)
+    accuracy, examples_shown = evaluate_all(averaged, tokenizer, eval_final)
     metrics.log(step=step, final=True, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
     print(f"final greedy accuracy on {args.eval_problems} held-out problems per task ({time.time() - t_eval:.0f}s):")
     rows = []
@@ -282,7 +308,9 @@ def main():
     write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), "pretrain", "\n".join([
         f"## Pre-training ({args.preset})", "",
         f"{model.num_params() / 1e6:.2f}M parameters, {args.steps} steps of {args.batch_size} traces, "
-        f"{train_seconds / 60:.1f} min on {device}. Greedy accuracy on {args.eval_problems} held-out problems per task:", "",
+        f"{train_seconds / 60:.1f} min on {device}, {args.granularity} traces"
+        + (f", weights averaged over about the last {round(1 / (1 - args.ema))} steps (--ema {args.ema})" if args.ema > 0 else "")
+        + f". Greedy accuracy on {args.eval_problems} held-out problems per task:", "",
         markdown_table(["task", "accuracy", "by difficulty"], rows), "",
         f"![pre-training]({os.path.basename(os.path.abspath(args.out))}/pretrain.png)", "", "Example greedy outputs:", "", "```", example_text, "```", ""]))
     print(f"wrote {ckpt_path}, {args.out}/pretrain.png, report.md ({train_seconds / 60:.1f} min of training)")

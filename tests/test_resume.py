@@ -120,10 +120,44 @@ def test_run_killed_mid_way_then_resumed_ends_bit_identical_to_an_unbroken_run(u
     assert final["step"] == expected["step"] == 12
     for name, tensor in expected["model_state"].items():
         assert torch.equal(final["model_state"][name], tensor), name
+    for name, tensor in expected["extra"]["training_state"].items():  # the weights under the average, too
+        assert torch.equal(final["extra"]["training_state"][name], tensor), name
     for index, state in expected["optimizer_state"]["state"].items():
         assert torch.equal(final["optimizer_state"]["state"][index]["exp_avg_sq"], state["exp_avg_sq"])
     with open(os.path.join(unbroken_run, "eval.json")) as f, open(os.path.join(run_dir, "eval.json")) as g:
         assert json.load(f) == json.load(g)
+
+
+def test_the_weight_average_is_handed_on_and_never_feeds_back_into_training(unbroken_run, tmp_path):
+    # the unbroken run averages (the tiny preset's --ema 0.995); the same run with --ema 0 hands on its last weights
+    plain_dir = str(tmp_path / "plain")
+    result = run([sys.executable, SCRIPT, "--out", plain_dir, *TINY, "--ema", "0"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    averaged, plain = load_checkpoint(os.path.join(unbroken_run, "ckpt.pt")), load_checkpoint(os.path.join(plain_dir, "ckpt.pt"))
+    assert losses(plain_dir) == losses(unbroken_run)  # training itself is the same step for step
+    assert "training_state" not in plain["extra"]
+    for name, tensor in plain["model_state"].items():
+        assert torch.equal(averaged["extra"]["training_state"][name], tensor), name
+    # what is handed on is the average, not the last weights: every tensor differs
+    moved = [name for name, tensor in plain["model_state"].items() if not torch.equal(averaged["model_state"][name], tensor)]
+    assert len(moved) == len(plain["model_state"])
+
+
+def test_update_average_is_the_exponential_moving_average():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_pretrain", SCRIPT)
+    train_pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_pretrain)
+    averaged, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        averaged.weight.fill_(1.0), averaged.bias.fill_(-2.0)
+        model.weight.fill_(3.0), model.bias.fill_(2.0)
+    train_pretrain.update_average(averaged, model, decay=0.75)
+    assert torch.equal(averaged.weight, torch.full((2, 3), 0.75 * 1.0 + 0.25 * 3.0))  # 1.5
+    assert torch.equal(averaged.bias, torch.full((2,), 0.75 * -2.0 + 0.25 * 2.0))    # -1.0
+    assert torch.equal(model.weight, torch.full((2, 3), 3.0)), "the training weights are left alone"
+    train_pretrain.update_average(averaged, model, decay=0.0)  # decay 0: the average is the last weights
+    assert torch.equal(averaged.weight, model.weight) and torch.equal(averaged.bias, model.bias)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):

@@ -99,6 +99,8 @@ CASES = [
     ("negative learning rate", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--lr", "-1"], "--lr must be a positive"),
     ("negative gradient clip", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--grad-clip", "-1"],
      "--grad-clip must be a positive"),
+    ("weight average of 1 (it would never move)", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--ema", "1"],
+     "--ema must be a number in [0, 1)"),
     ("width not a multiple of 2 x heads", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--n-embd", "30", "--n-head", "4"],
      "multiple of 2 * --n-head"),
     ("difficulty out of range", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--arith-difficulties", "1-9"],

@@ -26,7 +26,7 @@ from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Probl
 
 TASKS = {"arith": arith, "countdown": countdown}
 GRANULARITIES = arith.GRANULARITIES  # only arith has a choice; countdown steps are one small operation each
-DEFAULT_GRANULARITY = "fine"         # what the presets train on (train_pretrain.py --granularity)
+DEFAULT_GRANULARITY = "digits"       # what the presets train on (train_pretrain.py --granularity)
 
 
 def module(task):

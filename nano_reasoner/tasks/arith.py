@@ -16,14 +16,14 @@ digit first (`83*2=67;7+67-51`), and tasks/__init__.py flips between the two (tr
 
 Three granularities, which spend more and more thinking tokens on the hardest operation, the product:
 - coarse (above) does each operation in one equation;
-- fine (what the presets train on) works a product of two multi-digit numbers through partial products, one per
-  digit of the right operand, the way it is done on paper: `38*27=38*20+38*7=760+266=1026;...`;
-- digits goes down to single-digit products, so that every product the model writes at once is a fact from the
-  times table, and every carry is done by an addition: `38*27=30*20+8*20+30*7+8*7=600+160+210+56=760+266=1026`,
-  and `76*9=70*9+6*9=630+54=684`. The tiny model trained on fine traces writes `76*9=684` in one go and gets the
+- fine works a product of two multi-digit numbers through partial products, one per digit of the right operand,
+  the way it is done on paper: `38*27=38*20+38*7=760+266=1026;...`;
+- digits (what the presets train on) goes down to single-digit products, so that every product the model writes at
+  once is a fact from the times table, and every carry is done by an addition:
+  `38*27=30*20+8*20+30*7+8*7=600+160+210+56=760+266=1026`, and `76*9=70*9+6*9=630+54=684`. The tiny model trained on fine traces writes `76*9=684` in one go and gets the
   tens digit wrong about half the time: it must add the carry of 6*9 to 7*9 in one token. Trained on digits traces,
-  it solves 1-operation problems almost always, but the training traces of both tasks together grow from 64
-  to 70 tokens on average, which the 10-minute tiny preset pays for in countdown (README, stage 2). Signs stay with
+  it solves 1-operation problems almost always. The training traces of both tasks together grow from 64 to 70
+  tokens on average, which the 10-minute tiny preset pays for with fewer steps (README, stage 2). Signs stay with
   the digits: `-13*4=-10*4+-3*4=-40+-12=-52`.
 All are checked the same way: every `=` in the chain joins two expressions of equal value.
 
