@@ -36,7 +36,7 @@ from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 
 PRESETS = {
     #        layers, embd, heads, block, batch, steps, lr, problems per task, arith operations in training, weight average
-    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=16, steps=7000, lr=1e-3, train_problems=40000,
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=16, steps=8000, lr=1e-3, train_problems=40000,
                  arith_difficulties="1-3,1-3,4", ema=0.995),
     "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000,
                   arith_difficulties="1-3", ema=0.0),
