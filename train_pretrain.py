@@ -11,10 +11,10 @@ Resume after a stop with --resume (same flags): it continues from --out/ckpt.pt 
 
 Weight averaging. The weights that the run hands on are an exponential moving average (EMA) of the training
 weights, ema <- decay * ema + (1 - decay) * weights after every step (`--ema`; Polyak & Juditsky, "Acceleration of
-stochastic approximation by averaging", 1992). SGD's last iterate jitters around the minimum it is heading for; the
-average sits nearer its middle, much as a further decay of the learning rate would take it there, but for free.
-With decay 0.995 the average spans about the last 1 / (1 - 0.995) = 200 steps. The training weights themselves are
-kept in the checkpoint too (for --resume), and the optimizer only ever sees them.
+stochastic approximation by averaging", 1992). The optimizer's last iterate jitters around the minimum it is heading
+for; the average sits nearer its middle, much as a further decay of the learning rate would take it there, but for
+free. With decay 0.995 the average spans about the last 1 / (1 - 0.995) = 200 steps. The training weights themselves
+are kept in the checkpoint too (for --resume), and the optimizer only ever sees them.
 """
 import argparse
 import copy
@@ -209,9 +209,10 @@ def main():
     if ckpt is not None:
         if ckpt["tokenizer_sha256"] != tokenizer.sha256 or ckpt["model_config"] != vars(config):
             raise UserError(f"{ckpt_path} was made with other settings: resume with the flags of that run")
-        # model_state holds the weights handed on; with --ema the training weights are kept beside them
-        model.load_state_dict(ckpt["extra"].get("training_state", ckpt["model_state"]))
+        # model_state holds the weights handed on; with --ema the training weights are kept beside them. The training
+        # weights load last, so that without --ema (averaged is model) they are what the run continues from.
         averaged.load_state_dict(ckpt["model_state"])
+        model.load_state_dict(ckpt["extra"].get("training_state", ckpt["model_state"]))
         optimizer.load_state_dict(ckpt["optimizer_state"])
         restore_rng_state(ckpt["rng_state"])
         step = ckpt["step"]
