@@ -32,6 +32,7 @@ from nano_reasoner import scaling, search, tasks
 from nano_reasoner.cli import UserError, load_policy, pick_device, run_main
 from nano_reasoner.evaluate import accuracy_by_difficulty
 from nano_reasoner.report import write_json, write_report_section
+from nano_reasoner.thinking import thinking_budget
 
 NEEDS_VERIFIER = ("bon", "wvote", "beam", "mcts")
 
@@ -60,6 +61,12 @@ def parse_args():
     # decoding
     parser.add_argument("--temperature", type=float, default=None,
                         help="0 = greedy; default 0 for greedy, 1.0 for mcts (a tree needs diverse rollouts) and 0.5 for every other sampling strategy (the tiny policy's samples at 1.0 are mostly wrong); the --scaling sweep runs MCTS at 1.0")
+    parser.add_argument("--max-think", type=int, default=None,
+                        help="budget forcing: at most N thinking tokens, then </think> is forced and the answer "
+                        "written (default: no cap; not with beam or mcts)")
+    parser.add_argument("--min-think", type=int, default=None,
+                        help="budget forcing: the thinking may not end before N tokens; an early </think> becomes an "
+                        "undo line, and the model goes back and thinks on (default: no floor; not with beam or mcts)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -102,6 +109,15 @@ def parse_args():
     if args.strategy == "check" and not args.scaling and args.task != "countdown":
         raise UserError(f"--strategy check needs a task whose answers can be checked without solving it: countdown, "
                         f"not {args.task}")
+    for flag, value in (("--max-think", args.max_think), ("--min-think", args.min_think)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1 (thinking tokens)")
+    if (args.max_think or args.min_think) and (args.strategy in ("beam", "mcts") or args.scaling):
+        raise UserError("--max-think and --min-think apply to strategies that sample whole solutions: greedy, sample, "
+                        "vote, bon, wvote, check")
+    if args.max_think and args.min_think and args.min_think > args.max_think:
+        raise UserError(f"--min-think {args.min_think} is above --max-think {args.max_think}: the floor must not "
+                        f"exceed the cap")
     if args.strategy in NEEDS_VERIFIER and not args.verifier:
         raise UserError(f"--strategy {args.strategy} needs a verifier: pass --verifier runs/tiny/prm/ckpt.pt")
     return args
@@ -200,13 +216,19 @@ def main():
     check_encodable(tokenizer, model, problems)
     verifier = load_verifier(args.verifier, device, tokenizer) if args.verifier else None
     how = args.aggregate or ("last" if verifier is not None and verifier.kind == "orm" else "min")
+    budget = None
+    if args.max_think or args.min_think:
+        budget = thinking_budget(tokenizer, max_think=args.max_think, min_think=args.min_think)
+    # room for the whole thinking the flags allow, and an answer after it
+    max_new_tokens = model.config.block_size if budget is not None else None
     with torch.no_grad():
         answers = scaling.run_strategy(args.strategy, model, tokenizer, problems, args.budget, verifier=verifier,
                                        temperature=args.temperature, how=how, seed=args.seed,
                                        beam_width=args.beam_width,
                                        mcts_options=dict(rollouts_per_expansion=args.rollouts, c_puct=args.c_puct,
                                                          use_checker=not args.no_checker,
-                                                         pick=args.pick))
+                                                         pick=args.pick),
+                                       thinking_budget=budget, max_new_tokens=max_new_tokens)
     verdicts = [tasks.verify(answer.problem, answer.completion) for answer in answers]
 
     if not args.problems:

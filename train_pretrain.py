@@ -15,6 +15,13 @@ stochastic approximation by averaging", 1992). The optimizer's last iterate jitt
 for; the average sits nearer its middle, much as a further decay of the learning rate would take it there, but for
 free. With decay 0.995 the average spans about the last 1 / (1 - 0.995) = 200 steps. The training weights themselves
 are kept in the checkpoint too (for --resume), and the optimizer only ever sees them.
+
+Fine-tuning (`--init CKPT`): the same loop started from a trained policy's weights and tokenizer, with the
+fine-tuning preset of the size (FINETUNE_PRESETS). The reason stage of the pipeline is this: the pre-trained policy
+fine-tuned on countdown traces that go back inside their thinking (`--countdown-traces search`, traces in
+tasks/trace.py; `--arith-traces retry` is the arith kind, which the pipeline leaves off), which is DeepSeek-R1's cold start ("DeepSeek-R1", arXiv 2501.12948: a few thousand long
+chain-of-thought examples before RL) and the seed's first recipe for an o1-like model: supervised fine-tuning on
+problem -> attempts -> answer.
 """
 import argparse
 import copy
@@ -27,21 +34,33 @@ import torch
 
 from nano_reasoner import tasks
 from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, CheckpointError
-from nano_reasoner.cli import UserError, autocast, cosine_lr, parse_range, pick_device, run_main
+from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.data import batches, collate, make_examples
 from nano_reasoner.evaluate import greedy_accuracy
 from nano_reasoner.model import GPT, GPTConfig, configure_optimizer
 from nano_reasoner.report import MetricsLogger, markdown_table, plot_panels, progress_line, write_json, write_report_section
+from nano_reasoner.thinking import budget_sweep, summarise_thinking
 from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 
 PRESETS = {
     #        layers, embd, heads, block, batch, steps, lr, problems per task, arith operations in training, weight average
     "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=16, steps=8000, lr=1e-3, train_problems=40000,
-                 arith_difficulties="1-3,1-3,4", ema=0.995),
+                 arith_difficulties="1-3,1-3,4", ema=0.995, countdown_products="once"),
     "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000,
-                  arith_difficulties="1-3", ema=0.0),
+                  arith_difficulties="1-3", ema=0.0, countdown_products="once"),
     "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000,
-                 arith_difficulties="1-3", ema=0.0),
+                 arith_difficulties="1-3", ema=0.0, countdown_products="once"),
+}
+
+
+# fine-tuning (--init): longer context for traces that search, fewer steps, a lower peak learning rate
+FINETUNE_PRESETS = {
+    "tiny": dict(block_size=512, batch_size=16, steps=2800, lr=5e-4, train_problems=20000, ema=0.995,
+                 countdown_products="digits"),
+    "small": dict(block_size=512, batch_size=128, steps=3000, lr=5e-4, train_problems=100000, ema=0.0,
+                  countdown_products="digits"),
+    "base": dict(block_size=512, batch_size=128, steps=6000, lr=3e-4, train_problems=200000, ema=0.0,
+                 countdown_products="digits"),
 }
 
 
@@ -50,6 +69,8 @@ def parse_args(argv=None):
     parser.add_argument("--preset", choices=PRESETS, default="tiny", help="sizes: tiny (CPU, 0.8M params), small, base (GPU)")
     parser.add_argument("--out", default="runs/tiny/pretrain", help="run folder (default runs/tiny/pretrain)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
+    parser.add_argument("--init", help="fine-tune: start from this policy checkpoint's weights and tokenizer, with the "
+                        "fine-tuning preset (FINETUNE_PRESETS; the model flags must match the checkpoint's)")
     # model
     parser.add_argument("--n-layer", type=int, help="transformer blocks (preset)")
     parser.add_argument("--n-embd", type=int, help="width (preset)")
@@ -63,6 +84,17 @@ def parse_args(argv=None):
     parser.add_argument("--granularity", choices=tasks.GRANULARITIES, default=tasks.DEFAULT_GRANULARITY,
                         help="arith traces: how finely a product is worked through, coarse (at once), fine (partial "
                         "products) or digits (single-digit products; default)")
+    parser.add_argument("--countdown-products", choices=tasks.countdown.PRODUCTS,
+                        help="countdown moves: a product written at once, or worked through single digits (preset: "
+                        "once for pre-training, digits for fine-tuning)")
+    parser.add_argument("--arith-traces", choices=tasks.TRACE_KINDS["arith"], default="straight",
+                        help="arith traces: straight, or retry (a share of the steps slips first, then an undo line "
+                        "and the right step; default straight)")
+    parser.add_argument("--countdown-traces", choices=tasks.TRACE_KINDS["countdown"], default="straight",
+                        help="countdown traces: straight (a shortest solution), or search (a depth-first search with "
+                        "dead ends and undo lines; default straight)")
+    parser.add_argument("--retry-share", type=float, default=tasks.arith.RETRY_SHARE,
+                        help=f"share of arith steps a retry trace slips on first (default {tasks.arith.RETRY_SHARE})")
     # optimization
     parser.add_argument("--steps", type=int, help="optimizer steps (preset)")
     parser.add_argument("--batch-size", type=int, help="sequences per step (preset)")
@@ -81,7 +113,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = parser.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
+    preset = dict(PRESETS[args.preset], **(FINETUNE_PRESETS[args.preset] if args.init else {}))
+    for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     for key in ("steps", "batch_size", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
@@ -98,6 +131,8 @@ def parse_args(argv=None):
         raise UserError("--weight-decay must be a number >= 0")
     if args.warmup < 0:
         raise UserError("--warmup must be >= 0")
+    if not 0 <= args.retry_share <= 1:
+        raise UserError("--retry-share must be a number in [0, 1]: the share of arith steps that slip first")
     if not 0 <= args.ema < 1:
         raise UserError("--ema must be a number in [0, 1): 0.995 averages about the last 200 steps, 0 turns it off")
     return args
@@ -132,14 +167,35 @@ def training_problems(args, held_out):
 
 
 def evaluate_all(model, tokenizer, problems_by_task):
-    """Greedy accuracy -> {task: {"all": acc, difficulty: acc}}, and one example attempt per task."""
+    """Greedy accuracy -> {task: {"all": acc, difficulty: acc}}, and the greedy attempts per task (one per problem)."""
     model.eval()
-    accuracy, examples = {}, {}
+    accuracy, attempts = {}, {}
     for task, problems in problems_by_task.items():
-        accuracy[task], attempts = greedy_accuracy(model, tokenizer, problems)
-        examples[task] = attempts[0][0]
+        accuracy[task], task_attempts = greedy_accuracy(model, tokenizer, problems)
+        attempts[task] = [a[0] for a in task_attempts]
     model.train()
-    return accuracy, examples
+    return accuracy, attempts
+
+
+BUDGETS = (16, 32, 64, 128, 256, None)  # max thinking tokens of the budget sweep (None: as long as the context allows)
+SWEEP_PROBLEMS = 100                    # held-out countdown problems of the budget sweep
+
+
+def evaluate_thinking(model, tokenizer, countdown_attempts, args, init_model=None):
+    """What the countdown thinking does (thinking.summarise_thinking), greedy accuracy on held-out problems with
+    targets a person might pick (countdown.generate_uniform_targets), and, for a fine-tuning run, the thinking-budget
+    sweep of this model and of the policy it started from on SWEEP_PROBLEMS of the held-out problems."""
+    model.eval()
+    result = {"thinking": summarise_thinking(countdown_attempts, tokenizer.end_think_id)}
+    uniform = tasks.countdown.generate_uniform_targets(args.eval_problems, seed=args.seed + 20_000,
+                                                       difficulties=EVAL_DIFFICULTIES["countdown"])
+    result["uniform_targets"], _ = greedy_accuracy(model, tokenizer, uniform)
+    if init_model is not None:
+        problems = [a.problem for a in countdown_attempts[:SWEEP_PROBLEMS]]
+        result["budget_sweep"] = {"reasoner": budget_sweep(model, tokenizer, problems, BUDGETS),
+                                  "start": budget_sweep(init_model, tokenizer, problems, BUDGETS)}
+    model.train()
+    return result
 
 
 @torch.no_grad()
@@ -171,18 +227,29 @@ def main():
         if ckpt["optimizer_state"] is None or ckpt["rng_state"] is None:
             raise UserError(f"{ckpt_path} holds no optimizer or RNG state, so it cannot be resumed: choose another --out")
 
+    init = None
+    if args.init:  # fine-tuning: read the policy first, so a bad one fails at once
+        init_model, init_tokenizer, init = load_policy(args.init, "cpu")
+
     # data: held-out problems first, so training never sees them
     t_data = time.time()
     eval_small = held_out_problems(100, args.seed)
     eval_final = held_out_problems(args.eval_problems, args.seed)
     train = training_problems(args, eval_final)
+    trace_kinds = {"arith": args.arith_traces, "countdown": args.countdown_traces}
     tokenizer_path = os.path.join(args.out, "tokenizer.model")
-    if os.path.exists(tokenizer_path):
+    if init is not None:  # fine-tuning: the policy's own tokenizer
+        tokenizer = init_tokenizer
+        with open(tokenizer_path, "wb") as f:
+            f.write(tokenizer.model_bytes)
+    elif os.path.exists(tokenizer_path):
         tokenizer = Tokenizer.from_file(tokenizer_path)
     else:
-        tokenizer = train_tokenizer([tasks.full_trace(p, args.granularity) for p in train[::10]], tokenizer_path)
+        tokenizer = train_tokenizer([tasks.full_trace(p, args.granularity, trace_kinds[p.task], args.countdown_products)
+                                     for p in train[::10]], tokenizer_path)
     try:
-        examples = make_examples(tokenizer, train, args.granularity)
+        examples = make_examples(tokenizer, train, args.granularity, trace_kinds, args.retry_share,
+                                 args.countdown_products)
     except ValueError as error:
         raise UserError(f"{tokenizer_path} cannot encode the training traces ({error}): delete it, or choose "
                         f"another --out") from None
@@ -197,9 +264,15 @@ def main():
           f"the context dropped), vocab {tokenizer.vocab_size}, {time.time() - t_data:.1f}s")
 
     # model and optimizer
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embd=args.n_embd)
+    if init is not None:  # the policy's shape, with the context of this run (RoPE tables are not weights)
+        args.n_layer, args.n_head, args.n_embd = (init["model_config"][k] for k in ("n_layer", "n_head", "n_embd"))
+        config = GPTConfig(**dict(init["model_config"], block_size=args.block_size))
+    else:
+        config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                           n_head=args.n_head, n_embd=args.n_embd)
     model = GPT(config).to(device)
+    if init is not None:
+        model.load_state_dict(init_model.state_dict())
     optimizer = configure_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     # the average handed on (module docstring); without --ema it is the training model itself
     averaged = copy.deepcopy(model) if args.ema > 0 else model
@@ -285,7 +358,10 @@ def main():
 
     # final evaluation on the held-out problems
     t_eval = time.time()
-    accuracy, examples_shown = evaluate_all(averaged, tokenizer, eval_final)
+    accuracy, final_attempts = evaluate_all(averaged, tokenizer, eval_final)
+    examples_shown = {task: task_attempts[0] for task, task_attempts in final_attempts.items()}
+    thinking = evaluate_thinking(averaged, tokenizer, final_attempts["countdown"], args,
+                                 init_model.to(device) if init is not None else None)
     metrics.log(step=step, final=True, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
     print(f"final greedy accuracy on {args.eval_problems} held-out problems per task ({time.time() - t_eval:.0f}s):")
     rows = []
@@ -294,27 +370,59 @@ def main():
         by_difficulty = ", ".join(f"{d}: {acc[d]:.1%}" for d in EVAL_DIFFICULTIES[task] if d in acc)
         print(f"  {task}: {acc['all']:.1%} ({by_difficulty})")
         rows.append([task, f"{acc['all']:.1%}", by_difficulty])
-    write_json(os.path.join(args.out, "eval.json"), {task: {str(k): v for k, v in acc.items()} for task, acc in accuracy.items()})
+    countdown_thinking = thinking["thinking"]
+    uniform = thinking["uniform_targets"]
+    print(f"  countdown, targets drawn uniformly among the reachable values: {uniform['all']:.1%} "
+          f"({', '.join(f'{d}: {uniform[d]:.1%}' for d in EVAL_DIFFICULTIES['countdown'] if d in uniform)})")
+    print("  countdown thinking: " + ", ".join(f"{key} {value:.3g}" for key, value in countdown_thinking.items()))
+    write_json(os.path.join(args.out, "eval.json"), {
+        **{task: {str(k): v for k, v in acc.items()} for task, acc in accuracy.items()},
+        "countdown_uniform_targets": {str(k): v for k, v in uniform.items()},
+        "countdown_thinking": countdown_thinking,
+        "budget_sweep": {name: [dict(row, accuracy={str(k): v for k, v in row["accuracy"].items()}) for row in rows]
+                         for name, rows in thinking.get("budget_sweep", {}).items()},
+    })
 
     history = [m for m in metrics.read() if "loss" in m]
     evals = [m for m in metrics.read() if "arith_acc" in m]
-    plot_panels(os.path.join(args.out, "pretrain.png"), [
+    stage = os.path.basename(os.path.abspath(args.out))  # "pretrain", "reason": the name of its report section
+    panels = [
         {"title": "training loss (completion tokens)", "xlabel": "step", "ylabel": "loss",
          "series": {"loss": ([m["step"] for m in history], [m["loss"] for m in history])}},
         {"title": "greedy accuracy, held-out", "xlabel": "step", "ylabel": "accuracy",
          "series": {task: ([m["step"] for m in evals], [m[f"{task}_acc"] for m in evals]) for task in tasks.TASKS}},
-    ], title=f"pre-training ({args.preset}, {model.num_params() / 1e6:.2f}M params)")
+    ]
+    if "budget_sweep" in thinking:
+        panels.append({"title": f"countdown: thinking budget (greedy, {SWEEP_PROBLEMS} held-out)", "logx": True,
+                       "xlabel": "mean thinking tokens per problem", "ylabel": "accuracy",
+                       "series": {name: ([row["mean_thinking_tokens"] for row in rows],
+                                         [row["accuracy"]["all"] for row in rows])
+                                  for name, rows in thinking["budget_sweep"].items()}})
+    plot_panels(os.path.join(args.out, f"{stage}.png"), panels,
+                title=f"{'fine-tuning' if init is not None else 'pre-training'} ({args.preset}, "
+                      f"{model.num_params() / 1e6:.2f}M params)")
     example_text = "\n\n".join(f"{ex.problem.task}: {ex.problem.text}\n{ex.completion}\n-> {'correct' if ex.verdict.is_correct else ex.verdict.reason}"
                                for ex in examples_shown.values())
-    write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), "pretrain", "\n".join([
-        f"## Pre-training ({args.preset})", "",
+    kinds = f"arith {args.arith_traces}" + (f" (retry share {args.retry_share})" if args.arith_traces == "retry" else "") \
+        + f", countdown {args.countdown_traces} with products {args.countdown_products}"
+    sweep_rows = [[name] + [f"{row['accuracy']['all']:.1%} ({row['mean_thinking_tokens']:.0f})" for row in rows]
+                  for name, rows in thinking.get("budget_sweep", {}).items()]
+    write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), stage, "\n".join([
+        f"## {'Fine-tuning from ' + args.init if init is not None else 'Pre-training'} ({args.preset}, {stage})", "",
         f"{model.num_params() / 1e6:.2f}M parameters, {args.steps} steps of {args.batch_size} traces, "
-        f"{train_seconds / 60:.1f} min on {device}, {args.granularity} traces"
+        f"{train_seconds / 60:.1f} min on {device}, {args.granularity} traces ({kinds})"
         + (f", weights averaged over about the last {round(1 / (1 - args.ema))} steps (--ema {args.ema})" if args.ema > 0 else "")
         + f". Greedy accuracy on {args.eval_problems} held-out problems per task:", "",
-        markdown_table(["task", "accuracy", "by difficulty"], rows), "",
-        f"![pre-training]({os.path.basename(os.path.abspath(args.out))}/pretrain.png)", "", "Example greedy outputs:", "", "```", example_text, "```", ""]))
-    print(f"wrote {ckpt_path}, {args.out}/pretrain.png, report.md ({train_seconds / 60:.1f} min of training)")
+        markdown_table(["task", "accuracy", "by difficulty"], rows
+                       + [["countdown, uniform targets", f"{uniform['all']:.1%}", ", ".join(
+                           f"{d}: {uniform[d]:.1%}" for d in EVAL_DIFFICULTIES["countdown"] if d in uniform)]]), "",
+        "Countdown thinking (greedy, held-out): " + ", ".join(f"{key.replace('_', ' ')} {value:.3g}"
+                                                             for key, value in countdown_thinking.items()) + ".", "",
+        *([f"Thinking budget (greedy accuracy on {SWEEP_PROBLEMS} held-out countdown problems, mean thinking tokens in brackets; "
+           f"columns: at most N thinking tokens):", "",
+           markdown_table(["policy"] + [str(b or "no cap") for b in BUDGETS], sweep_rows), ""] if sweep_rows else []),
+        f"![{stage}]({stage}/{stage}.png)", "", "Example greedy outputs:", "", "```", example_text, "```", ""]))
+    print(f"wrote {ckpt_path}, {args.out}/{stage}.png, report.md ({train_seconds / 60:.1f} min of training)")
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def summarize(args):
                 results[seed] = json.load(file)
     if not results:
         return {}
-    tasks = list(next(iter(results.values())))
+    # the tasks' accuracies; eval.json also holds the countdown thinking and budget-sweep summaries
+    tasks = [key for key, value in next(iter(results.values())).items() if isinstance(value, dict) and "all" in value]
     print(f"\ngreedy accuracy on the held-out problems, {len(results)} seeds "
           f"(train_pretrain.py {' '.join(args.train_flags)}):")
     header = f"{'seed':>6} " + " ".join(f"{task:>10}" for task in tasks) + "   by difficulty"

@@ -31,10 +31,17 @@ def make_example(tokenizer, problem, steps, answer):
     return Example(prompt + completion, len(prompt))
 
 
-def make_examples(tokenizer, problems, granularity="coarse"):
+def make_examples(tokenizer, problems, granularity="coarse", trace_kinds=None, retry_share=None,
+                  countdown_products="once"):
+    """One example per problem; trace_kinds maps a task to its kind of trace (tasks.TRACE_KINDS; default straight),
+    countdown_products says how countdown moves write a product (countdown.PRODUCTS)."""
+    trace_kinds = trace_kinds or {}
+    extra = {"countdown_products": countdown_products}
+    if retry_share is not None:
+        extra["retry_share"] = retry_share
     examples = []
     for problem in problems:
-        steps, answer = tasks.solve(problem, granularity)
+        steps, answer = tasks.trace(problem, granularity, trace_kinds.get(problem.task, "straight"), **extra)
         examples.append(make_example(tokenizer, problem, steps, answer))
     return examples
 

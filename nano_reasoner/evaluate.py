@@ -22,9 +22,9 @@ class Attempt:
 
 
 def attempt_problems(model, tokenizer, problems, *, num_samples=1, temperature=0.0, top_k=None, top_p=None,
-                     seed=0, chunk_size=256, max_new_tokens=None):
+                     seed=0, chunk_size=256, max_new_tokens=None, budget=None):
     """Solve each problem num_samples times. -> list (one per problem) of lists of Attempt, and the compute spent
-    as a dict {prefill_tokens, decode_tokens}."""
+    as a dict {prefill_tokens, decode_tokens}. budget: budget forcing (sampling.ThinkingBudget), or None."""
     block_size = model.config.block_size
     prompts = [tokenizer.encode_prompt(tasks.format_prompt(p)) for p in problems]
     attempts = [[] for _ in problems]
@@ -32,9 +32,10 @@ def attempt_problems(model, tokenizer, problems, *, num_samples=1, temperature=0
     prompts_per_call = max(1, chunk_size // num_samples)
     for start in range(0, len(problems), prompts_per_call):
         chunk = prompts[start:start + prompts_per_call]
-        budget = max_new_tokens or block_size - max(len(p) for p in chunk)
-        result = generate(model, chunk, budget, num_samples=num_samples, temperature=temperature, top_k=top_k,
-                          top_p=top_p, stop_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, seed=seed + start)
+        room = max_new_tokens or block_size - max(len(p) for p in chunk)
+        result = generate(model, chunk, room, num_samples=num_samples, temperature=temperature, top_k=top_k,
+                          top_p=top_p, stop_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, seed=seed + start,
+                          budget=budget)
         spent["prefill_tokens"] += result.prefill_tokens
         spent["decode_tokens"] += result.decode_tokens
         for row in range(len(chunk) * num_samples):

@@ -30,6 +30,14 @@ the newline token to generate one reasoning step at a time (step-level beam sear
 The log-prob stored for each generated token is log softmax(raw logits) at that token: the model's own distribution,
 before temperature and filtering. That is the quantity RL (GRPO's ratio pi / pi_old) and search priors need.
 
+Budget forcing ("s1: Simple test-time scaling", Muennighoff et al., arXiv 2501.19393) controls how long a row
+thinks, at stage (3), by overriding the token sampled (ThinkingBudget, force_budget). A cap: once a row has written
+max_think - 1 thinking tokens it is made to end the line it is on (a newline) and then to write `</think>`, so it
+thinks at most max_think tokens and its thinking ends on a whole line; the model then writes its answer. A floor:
+while a row has written fewer than min_think thinking tokens, a `</think>` (or the end of the sequence) it samples is
+replaced by the first token of an undo line, so it goes back and thinks on, as s1 appends "Wait" where the model
+wanted to stop. Rows are counted independently; the forced token's log-prob is the model's own, as for any token.
+
 `generate_reference` is the specification: one row, no cache, greedy, recomputing the whole sequence every step.
 The tests check that `generate` matches it token for token. `sequence_logprobs` scores given completions in one
 forward pass (teacher forcing) for RL and for verifier-free priors.
@@ -101,6 +109,39 @@ def filter_logits(logits, top_k, top_p):
     return logits
 
 
+@dataclass
+class ThinkingBudget:
+    """Budget forcing (module docstring). Token ids come from the tokenizer: newline_id ends a step,
+    continue_id is the first token of an undo line, stop_id the end of the sequence."""
+    newline_id: int
+    end_think_id: int
+    continue_id: int
+    stop_id: int
+    max_think: int | None = None   # at most this many thinking tokens (None: no cap)
+    min_think: int | None = None   # no end of thinking before this many (None: no floor)
+
+
+def force_budget(next_tokens, think_count, is_thinking, at_line_start, budget):
+    """(A,) sampled tokens -> (A,) tokens after budget forcing. think_count (A,) thinking tokens written so far,
+    is_thinking (A,) no `</think>` yet, at_line_start (A,) the last token ended a line (or the prompt ended)."""
+    tokens = next_tokens
+    if budget.min_think is not None:  # the floor: an early end of thinking becomes an undo line
+        wants_to_stop = (tokens == budget.end_think_id) | (tokens == budget.stop_id)
+        tokens = torch.where(is_thinking & (think_count < budget.min_think) & wants_to_stop, budget.continue_id, tokens)
+    if budget.max_think is not None:  # the cap wins over the floor: end the line, then the thinking
+        is_over = is_thinking & (think_count >= budget.max_think - 1)
+        tokens = torch.where(is_over & at_line_start, budget.end_think_id, tokens)
+        tokens = torch.where(is_over & ~at_line_start, budget.newline_id, tokens)
+    return tokens
+
+
+def advance_budget(tokens, think_count, is_thinking, budget):
+    """The per-row state after `tokens` (A,) were written -> (think_count, is_thinking, at_line_start)."""
+    is_end = tokens == budget.end_think_id
+    think_count = think_count + (is_thinking & ~is_end).long()
+    return think_count, is_thinking & ~is_end, tokens == budget.newline_id
+
+
 def choose_next_tokens(logits, temperature, top_k, top_p, generator):
     """(A, V) float logits -> (A,) long token ids: argmax if temperature == 0, else a filtered sample."""
     if temperature == 0:
@@ -112,7 +153,7 @@ def choose_next_tokens(logits, temperature, top_k, top_p, generator):
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_samples: int = 1, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, stop_ids: Sequence[int] = (), pad_id: int = 0,
-             seed: int = 0, device=None) -> SampleResult:
+             seed: int = 0, device=None, budget: ThinkingBudget | None = None) -> SampleResult:
     """
     Sample up to max_new_tokens after each prompt, num_samples times per prompt, with a KV cache.
 
@@ -120,6 +161,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     Returns a SampleResult with N = B * num_samples rows, prompt-major: rows [i * num_samples, (i + 1) * num_samples)
     continue prompts[i]. The model must already live on `device` (default: the device of its parameters).
     Raises ValueError if a prompt plus max_new_tokens would exceed model.config.block_size.
+    budget: budget forcing (ThinkingBudget); every prompt must then end inside the thinking, at the start of a line.
     """
     assert len(prompts) > 0 and all(len(prompt) > 0 for prompt in prompts), "every prompt needs at least one token"
     assert max_new_tokens >= 1 and num_samples >= 1
@@ -164,10 +206,16 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     hit_stop = torch.zeros(N, dtype=torch.bool, device=device)
     active_rows = torch.arange(N, device=device)  # (A,) output row of each row still in the cache
     decode_tokens = 0
+    think_count = torch.zeros(N, dtype=torch.long, device=device)  # (A,) budget forcing's state (ThinkingBudget)
+    is_thinking = torch.ones(N, dtype=torch.bool, device=device)
+    at_line_start = torch.ones(N, dtype=torch.bool, device=device)
 
     for step in range(max_new_tokens):
         # (3) sample one token per active row; its log-prob is taken under the raw, unfiltered distribution
         next_tokens = choose_next_tokens(last_logits, temperature, top_k, top_p, generator)  # (A,)
+        if budget is not None:
+            next_tokens = force_budget(next_tokens, think_count, is_thinking, at_line_start, budget)
+            think_count, is_thinking, at_line_start = advance_budget(next_tokens, think_count, is_thinking, budget)
         token_logprobs = F.log_softmax(last_logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)  # (A,)
         tokens[active_rows, step] = next_tokens
         logprobs[active_rows, step] = token_logprobs
@@ -185,6 +233,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
             cache.select_rows(keep)
             active_rows, next_tokens = active_rows[keep], next_tokens[keep]
             key_is_real, next_position = key_is_real[keep], next_position[keep]
+            think_count, is_thinking, at_line_start = think_count[keep], is_thinking[keep], at_line_start[keep]
 
         # (5) decode: push each active row's new token through the model, appending to the cache
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=is_cuda):
@@ -199,18 +248,25 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
 
 
 @torch.no_grad()
-def generate_reference(model, prompt: list[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
+def generate_reference(model, prompt: list[int], max_new_tokens: int, stop_ids: Sequence[int] = (),
+                       budget: ThinkingBudget | None = None) -> list[int]:
     """
     The specification of greedy decoding: one row, no cache, no padding. Every step pushes the whole sequence
     through the model and appends the argmax of the last position. Stops after a token in stop_ids (kept).
+    With a budget, the argmax goes through budget forcing first, exactly as in generate.
     """
     check_fits(model, [len(prompt)], max_new_tokens)
     device = _model_device(model)
     sequence = list(prompt)
     generated = []
+    think_count, is_thinking, at_line_start = torch.tensor([0]), torch.tensor([True]), torch.tensor([True])
     for _ in range(max_new_tokens):
         logits, _ = model(torch.tensor([sequence], dtype=torch.long, device=device))  # (1, T, V)
         next_token = int(logits[0, -1].argmax())
+        if budget is not None:
+            forced = force_budget(torch.tensor([next_token]), think_count, is_thinking, at_line_start, budget)
+            think_count, is_thinking, at_line_start = advance_budget(forced, think_count, is_thinking, budget)
+            next_token = int(forced[0])
         generated.append(next_token)
         sequence.append(next_token)
         if next_token in stop_ids:

@@ -33,11 +33,14 @@ SWEEP_STRATEGIES = ("greedy", "vote", "bon-orm", "bon-prm", "wvote", "check", "b
 
 
 def run_strategy(strategy, policy, tokenizer, problems, budget, *, verifier=None, temperature=1.0, how="min",
-                 seed=0, beam_width=None, mcts_options=None):
-    """One strategy on a list of problems -> list of search.Answer (one per problem, with its compute)."""
+                 seed=0, beam_width=None, mcts_options=None, thinking_budget=None, max_new_tokens=None):
+    """One strategy on a list of problems -> list of search.Answer (one per problem, with its compute).
+    thinking_budget (sampling.ThinkingBudget) and max_new_tokens apply to the strategies that sample whole
+    solutions (greedy, sample, vote, bon, wvote, check)."""
     assert strategy in search.STRATEGIES, f"unknown strategy {strategy!r}"
     if strategy == "greedy":
-        return search.greedy(policy, tokenizer, problems, seed=seed)
+        return search.greedy(policy, tokenizer, problems, seed=seed, budget=thinking_budget,
+                             max_new_tokens=max_new_tokens)
     if strategy == "beam":
         return search.beam_search(policy, tokenizer, problems, verifier, budget, beam_width=beam_width,
                                   temperature=temperature, how=how, seed=seed)
@@ -45,7 +48,8 @@ def run_strategy(strategy, policy, tokenizer, problems, budget, *, verifier=None
         return mcts.mcts(policy, tokenizer, problems, verifier, budget, how=how, seed=seed, temperature=temperature,
                          **(mcts_options or {}))
     n = 1 if strategy == "sample" else budget
-    pools = search.sample_pool(policy, tokenizer, problems, n, temperature=temperature, seed=seed)
+    pools = search.sample_pool(policy, tokenizer, problems, n, temperature=temperature, seed=seed,
+                               budget=thinking_budget, max_new_tokens=max_new_tokens)
     if strategy in ("bon", "wvote"):
         pools = search.score_pools(pools, verifier)
     verifier_params = verifier.params if verifier is not None else 0

@@ -100,14 +100,16 @@ def answer_key(problem, completion):
     return text
 
 
-def sample_rows(policy, tokenizer, prompts, num_samples, max_new_tokens, *, temperature, seed, stop_ids):
-    """generate() in chunks of at most MAX_ROWS_PER_CALL rows -> (token lists, logprob sums, hit_stop), prompt-major."""
+def sample_rows(policy, tokenizer, prompts, num_samples, max_new_tokens, *, temperature, seed, stop_ids,
+                budget=None):
+    """generate() in chunks of at most MAX_ROWS_PER_CALL rows -> (token lists, logprob sums, hit_stop), prompt-major.
+    budget: a sampling.ThinkingBudget (budget forcing), or None."""
     prompts_per_call = max(1, MAX_ROWS_PER_CALL // num_samples)
     tokens, logprob_sums, hit_stop = [], [], []
     for start in range(0, len(prompts), prompts_per_call):
         chunk = prompts[start:start + prompts_per_call]
         result = generate(policy, chunk, max_new_tokens, num_samples=num_samples, temperature=temperature,
-                          stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed + start)
+                          stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed + start, budget=budget)
         for row in range(len(chunk) * num_samples):
             tokens.append(result.row_tokens(row))
             logprob_sums.append(float(result.logprobs[row].sum()))
@@ -129,14 +131,19 @@ class Pool:
     verifier_tokens: list = field(default_factory=list)  # N: tokens the verifier read for each sample
 
 
-def sample_pool(policy, tokenizer, problems, num_samples, *, temperature=1.0, seed=0, verifier=None):
-    """Sample num_samples full solutions per problem (one prefill per problem) and score them if a verifier is given."""
+def sample_pool(policy, tokenizer, problems, num_samples, *, temperature=1.0, seed=0, verifier=None, budget=None,
+                max_new_tokens=None):
+    """Sample num_samples full solutions per problem (one prefill per problem) and score them if a verifier is given.
+    budget: budget forcing (sampling.ThinkingBudget); max_new_tokens: the cap on a sample (default: below)."""
     prompts = encode_prompts(tokenizer, problems)
-    # a sample MAX_LENGTH_FACTOR times longer than a typical solution is lost anyway: stop it there
-    typical = max(sample_tokens(tokenizer, problem.task, problem.difficulty) for problem in problems)
-    max_new = min(policy.config.block_size - max(len(p) for p in prompts), MAX_LENGTH_FACTOR * typical)
+    room = policy.config.block_size - max(len(p) for p in prompts)
+    if max_new_tokens is None:
+        # a sample MAX_LENGTH_FACTOR times longer than a typical solution is lost anyway: stop it there
+        typical = max(sample_tokens(tokenizer, problem.task, problem.difficulty) for problem in problems)
+        max_new_tokens = MAX_LENGTH_FACTOR * typical
+    max_new = min(room, max_new_tokens)
     samples, _, _ = sample_rows(policy, tokenizer, prompts, num_samples, max_new, temperature=temperature, seed=seed,
-                                stop_ids=[tokenizer.eos_id])
+                                stop_ids=[tokenizer.eos_id], budget=budget)
     pools = []
     for index, (problem, prompt) in enumerate(zip(problems, prompts)):
         rows = samples[index * num_samples:(index + 1) * num_samples]
@@ -200,9 +207,11 @@ def pick_from_pool(pool, n, strategy, how="min", policy_params=0, verifier_param
                   scores[chosen] if scores else None, candidates=n)
 
 
-def greedy(policy, tokenizer, problems, *, seed=0):
-    """One temperature-0 solution per problem."""
-    pools = sample_pool(policy, tokenizer, problems, 1, temperature=0.0, seed=seed)
+def greedy(policy, tokenizer, problems, *, seed=0, budget=None, max_new_tokens=None):
+    """One temperature-0 solution per problem (budget: as in sample_pool). A greedy row may use the whole context
+    by default (max_new_tokens): it is one row per problem, and a reasoner that searches writes long thinking."""
+    pools = sample_pool(policy, tokenizer, problems, 1, temperature=0.0, seed=seed, budget=budget,
+                        max_new_tokens=max_new_tokens or policy.config.block_size)
     return [pick_from_pool(pool, 1, "sample", policy_params=policy.num_params()) for pool in pools]
 
 

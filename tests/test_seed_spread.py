@@ -42,7 +42,8 @@ def test_runs_each_seed_once_and_reads_a_finished_run_back(tmp_path):
     args = seed_spread.parse_args(["--seeds", "5", "--parallel", "1", "--root", str(tmp_path), "--"] + flags)
     assert seed_spread.run_all(args) == {}  # no run failed
     eval_path = tmp_path / "seed5" / "eval.json"
-    assert json.loads(eval_path.read_text()).keys() == {"arith", "countdown"}
+    assert json.loads(eval_path.read_text()).keys() == {"arith", "countdown", "countdown_uniform_targets",
+                                                        "countdown_thinking", "budget_sweep"}
     written = eval_path.stat().st_mtime_ns
     assert seed_spread.run_all(args) == {}  # finished: read as is, not trained again
     assert eval_path.stat().st_mtime_ns == written

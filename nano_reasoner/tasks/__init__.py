@@ -13,6 +13,7 @@ Each task module offers the same functions:
     generate(n, seed, difficulties) -> [Problem]      seeded problem generator by difficulty
     parse_problem(text) -> Problem                     a problem a person typed, or ProblemError with the fix
     solve(problem, granularity) -> (steps, answer)     the exact chain of thought (arith: GRANULARITIES)
+    search_solve / retry_solve(problem, ...)           the trace that goes back inside its thinking (TRACE_KINDS)
     verify(problem, completion) -> Verdict             the exact verifier of model output (never raises)
     step_labels(problem, steps) -> [bool]              exact step labels (is the prefix still sound)
     corrupt(problem, rng, granularity) -> (steps, answer, i)  one wrong step i and a consistent continuation
@@ -20,13 +21,15 @@ and a flag, CHECKABLE_AT_TEST_TIME: can a search check its own candidates, from 
 (countdown.check: the numbers and the target are all it needs); arith cannot (checking is computing the answer).
 """
 from nano_reasoner.tasks import arith, countdown
-from nano_reasoner.tasks.trace import (END_THINK, THINK, ParsedCompletion, Problem, ProblemError, Verdict, flip_digits,
-                                       flip_thinking, format_completion, format_prompt, parse_completion,
-                                       shown_problem)
+from nano_reasoner.tasks.trace import (END_THINK, THINK, UNDO, ParsedCompletion, Problem, ProblemError, Verdict,
+                                       flip_digits, flip_thinking, format_completion, format_prompt, parse_completion,
+                                       shown_problem, undone_state)
 
 TASKS = {"arith": arith, "countdown": countdown}
-GRANULARITIES = arith.GRANULARITIES  # only arith has a choice; countdown steps are one small operation each
+GRANULARITIES = arith.GRANULARITIES  # how finely arith works a product through (countdown: countdown.PRODUCTS)
 DEFAULT_GRANULARITY = "digits"       # what the presets train on (train_pretrain.py --granularity)
+# the trace kinds of each task (trace.py): straight to the answer, or going back inside the thinking
+TRACE_KINDS = {"arith": ("straight", "retry"), "countdown": ("straight", "search")}
 
 
 def module(task):
@@ -46,6 +49,22 @@ def parse_problem(task, text):
 
 def solve(problem, granularity="coarse"):
     steps, answer = module(problem.task).solve(problem, granularity)
+    return [flip_digits(step) for step in steps], answer
+
+
+def trace(problem, granularity="coarse", kind="straight", retry_share=arith.RETRY_SHARE, countdown_products="once"):
+    """The exact trace of a kind (TRACE_KINDS) in the model's digit order: (steps, answer). granularity: how arith
+    works a product; countdown_products: how countdown does (countdown.PRODUCTS)."""
+    if kind not in TRACE_KINDS[problem.task]:
+        raise ValueError(f"{problem.task} traces are {' or '.join(TRACE_KINDS[problem.task])}, not {kind!r}")
+    if kind == "search":
+        steps, answer = countdown.search_solve(problem, countdown_products)
+    elif kind == "retry":
+        steps, answer = arith.retry_solve(problem, granularity, retry_share)
+    elif problem.task == "countdown":
+        steps, answer = countdown.solve(problem, granularity, countdown_products)
+    else:
+        steps, answer = arith.solve(problem, granularity)
     return [flip_digits(step) for step in steps], answer
 
 
@@ -79,7 +98,7 @@ def corrupt(problem, rng, granularity="coarse"):
     return [flip_digits(step) for step in steps], answer, bad_index
 
 
-def full_trace(problem, granularity="coarse"):
-    """Prompt + completion text of the exact solution (without the end-of-sequence token)."""
-    steps, answer = solve(problem, granularity)
+def full_trace(problem, granularity="coarse", kind="straight", countdown_products="once"):
+    """Prompt + completion text of the exact trace of a kind (without the end-of-sequence token)."""
+    steps, answer = trace(problem, granularity, kind, countdown_products=countdown_products)
     return format_prompt(problem) + format_completion(steps, answer)

@@ -39,7 +39,8 @@ parameters can learn the arithmetic; a problem that a person types may hold any 
 import random
 
 from nano_reasoner.tasks import expr
-from nano_reasoner.tasks.trace import ParsedCompletion, Problem, ProblemError, Verdict, parse_completion
+from nano_reasoner.tasks.trace import (ParsedCompletion, Problem, ProblemError, Verdict, parse_completion, undo_line,
+                                       undone_state)
 
 TASK = "arith"
 CHECKABLE_AT_TEST_TIME = False  # checking an answer means computing it: no test-time checker
@@ -109,7 +110,7 @@ def _digit_parts(n):
     return [sign * int(d) * 10 ** (len(digits) - 1 - k) for k, d in enumerate(digits) if d != "0"] or [0]
 
 
-def _equation(x, op, y, value, granularity):
+def write_equation(x, op, y, value, granularity):
     """One operation written at a granularity (module docstring): '38*27=1026' (coarse),
     '38*27=38*20+38*7=760+266=1026' (fine), '38*27=30*20+8*20+30*7+8*7=600+160+210+56=760+266=1026' (digits)."""
     head = f"{x}{op}{y}"
@@ -140,7 +141,7 @@ def solve(problem, granularity="coarse"):
     _check_granularity(granularity)
     steps = []
     for _, x, op, y, value, tree_after in _reductions(expr.parse(problem.text)):
-        steps.append(f"{_equation(x, op, y, value, granularity)};{expr.to_text(tree_after)}")
+        steps.append(f"{write_equation(x, op, y, value, granularity)};{expr.to_text(tree_after)}")
     return steps, str(answer_of(problem))
 
 
@@ -183,14 +184,33 @@ def _reducible_paths(tree, path=()):
     return _reducible_paths(tree[1], path + (1,)) + _reducible_paths(tree[2], path + (2,))
 
 
+def check_undo(reached, line):
+    """Is the undo `line` a return to an expression in `reached`? -> (is_valid, reason, tree). Never raises."""
+    try:
+        tree = expr.parse(undone_state(line))
+    except expr.ExprError as error:
+        return False, f"unreadable undo line ({error})", None
+    if tree not in reached:
+        return False, "an undo line to an expression the thinking never reached", None
+    return True, "", tree
+
+
 def step_labels(problem, steps):
-    """Exact labels: step i is good when steps 1..i are all valid (the prefix can still reach the answer)."""
+    """Exact labels: line i is good when the expression the walk is in after it was reached by valid lines (then the
+    right answer can still be reached from it). In a straight trace: steps 1..i are all valid. An undo line
+    (trace.py) returns to an expression reached earlier, so in a retry trace the slip is bad and the undo line good."""
     tree = expr.parse(problem.text)
-    labels = []
+    reached, labels = [tree], []
     for line in steps:
-        is_valid, _, tree_after = check_step(tree, line) if tree is not None else (False, "", None)
+        if undone_state(line) is not None:
+            is_valid, _, tree = check_undo(reached, line)
+        elif tree is not None:
+            is_valid, _, tree = check_step(tree, line)
+        else:
+            is_valid = False
+        if is_valid:
+            reached.append(tree)
         labels.append(is_valid)
-        tree = tree_after
     return labels
 
 
@@ -212,6 +232,46 @@ def verify(problem, completion):
     return Verdict(True, parsed.answer, "", True, step_ok)
 
 
+RETRY_SHARE = 0.2  # the share of steps a retry trace gets wrong first (train_pretrain.py --retry-share)
+
+
+def slip(value, rng):
+    """A plausible wrong result, the kind the policy really writes: a carry dropped (the value short by a power of
+    ten where a digit carried) or one digit wrong (most often the leading one). Never the value itself."""
+    digits = str(abs(value))
+    sign = -1 if value < 0 else 1
+    if len(digits) > 1 and rng.random() < 0.5:
+        wrong = abs(value) - 10 ** rng.randrange(1, len(digits))  # a dropped carry
+    else:
+        position = 0 if rng.random() < 0.5 else rng.randrange(len(digits))
+        replacement = rng.choice([d for d in "0123456789" if d != digits[position]])
+        wrong = int(digits[:position] + replacement + digits[position + 1:])
+    wrong = sign * wrong
+    return wrong if wrong != value else value + 1
+
+
+def retry_solve(problem, granularity="coarse", share=RETRY_SHARE):
+    """A retry trace (trace.py): the exact chain of thought, where a `share` of the steps is first written with a
+    slip in its result (carried into the expression it leaves, as a real slip would be), then an undo line back to
+    the expression before it, then the right step. -> (lines, answer). Deterministic for a problem.
+
+    "Physics of Language Models 2.2" (Ye et al., arXiv 2408.16293) pre-trains on such retry data, wrong steps
+    unmasked, and the model learns to notice its own mistakes and go back; light fine-tuning on it gained little."""
+    _check_granularity(granularity)
+    rng = random.Random("retry " + problem.text)
+    tree = expr.parse(problem.text)
+    lines = []
+    for path, x, op, y, value, tree_after in _reductions(tree):
+        if rng.random() < share:
+            wrong = slip(value, rng)
+            wrong_line = write_equation(x, op, y, value, granularity).rsplit("=", 1)[0] + f"={wrong}"
+            lines.append(f"{wrong_line};{expr.to_text(expr.replace(tree, path, ('num', wrong)))}")
+            lines.append(undo_line(expr.to_text(tree)))
+        lines.append(f"{write_equation(x, op, y, value, granularity)};{expr.to_text(tree_after)}")
+        tree = tree_after
+    return lines, str(answer_of(problem))
+
+
 def corrupt(problem, rng, granularity="coarse"):
     """A trace with one wrong step and a consistent continuation from it: (steps, answer, index of the bad step).
 
@@ -225,7 +285,7 @@ def corrupt(problem, rng, granularity="coarse"):
     steps = []
     for index in range(bad_index):
         _, x, op, y, value, tree = reductions[index]
-        steps.append(f"{_equation(x, op, y, value, granularity)};{expr.to_text(tree)}")
+        steps.append(f"{write_equation(x, op, y, value, granularity)};{expr.to_text(tree)}")
     path = expr.first_reducible(tree)
     op, left, right = expr.subtree(tree, path)
     value = expr.evaluate((op, left, right))
@@ -235,13 +295,13 @@ def corrupt(problem, rng, granularity="coarse"):
     if others and rng.random() < 0.3:
         slip = rng.choice(others)
         after = expr.replace(after, slip, ("num", expr.subtree(after, slip)[1] + delta))
-        line = f"{_equation(left[1], op, right[1], value, granularity)};{expr.to_text(after)}"
+        line = f"{write_equation(left[1], op, right[1], value, granularity)};{expr.to_text(after)}"
     else:
         after = expr.replace(tree, path, ("num", value + delta))
         line = f"{left[1]}{op}{right[1]}={value + delta};{expr.to_text(after)}"
     steps.append(line)
     for _, x, op, y, value, tree_after in _reductions(after):
-        steps.append(f"{_equation(x, op, y, value, granularity)};{expr.to_text(tree_after)}")
+        steps.append(f"{write_equation(x, op, y, value, granularity)};{expr.to_text(tree_after)}")
     return steps, str(expr.evaluate(after)), bad_index
 
 

@@ -31,14 +31,20 @@ Exact step labels (for the verifiers in prm.py): step i is good when steps 1..i 
 be reached from the numbers left, which `is_reachable` decides by exhaustive search with memoisation.
 
 Training traces show a shortest solution (chosen at random among the shortest, seeded by the problem text), so that
-the model learns to reach the target in as few steps as the problem allows.
+the model learns to reach the target in as few steps as the problem allows. Search traces (`search_solve`) write a
+depth-first search instead, dead ends and undo lines included (trace.py), the way "Stream of Search" (Gandhi et al.,
+arXiv 2404.03683) trains a model on the search rather than on its result; they differ from the paper's in the
+heuristic (the number nearest the target), in a cap on dead ends after which the search is led to a solution (the
+paper keeps failed searches too), and in writing a product through single-digit products (`move_text`).
 """
 import functools
 import random
 from collections import Counter
 
 from nano_reasoner.tasks import expr
-from nano_reasoner.tasks.trace import ParsedCompletion, Problem, ProblemError, Verdict, parse_completion
+from nano_reasoner.tasks.arith import write_equation
+from nano_reasoner.tasks.trace import (ParsedCompletion, Problem, ProblemError, Verdict, parse_completion, undo_line,
+                                       undone_state)
 
 TASK = "countdown"
 CHECKABLE_AT_TEST_TIME = True  # check() needs only the problem: see its docstring
@@ -47,6 +53,7 @@ MAX_NUMBER = 25
 TARGET_RANGE = (10, 999)
 MAX_GIVEN = 6          # numbers a person may type (search cost grows fast with more)
 MAX_VALUE = 10 ** 6    # numbers and target a person may type
+MAX_SEARCH_VALUE = 2000  # a search trace never tries a move that makes a larger number
 
 
 # ----------------------------------------------------------------------------- rules and the exact solver
@@ -180,19 +187,62 @@ def generate(n, seed, difficulties=DIFFICULTIES):
     return problems
 
 
+def reachable_values(numbers):
+    """Every value some sequence of legal steps can make from `numbers` (the numbers themselves included)."""
+    numbers = tuple(sorted(numbers))
+    values = set(numbers)
+    for i, j, _, _, _, value in _moves(numbers):
+        values |= reachable_values(_remove_pair(numbers, i, j) + (value,))
+    return values
+
+
+def generate_uniform_targets(n, seed, difficulties=DIFFICULTIES):
+    """n problems whose target a person might pick: random numbers, then a target drawn uniformly among the values in
+    TARGET_RANGE that they can reach (generate() instead combines all the numbers at random, which favours some
+    targets: products of all of them, values near their sum)."""
+    rng = random.Random(seed)
+    problems = []
+    while len(problems) < n:
+        count = rng.choice(difficulties)
+        numbers = [rng.randint(1, MAX_NUMBER) for _ in range(count)]
+        targets = sorted(v for v in reachable_values(numbers)
+                         if TARGET_RANGE[0] <= v <= TARGET_RANGE[1] and v not in numbers)
+        if targets:
+            problems.append(Problem(TASK, _text(numbers, rng.choice(targets)), count))
+    return problems
+
+
 # ----------------------------------------------------------------------------- traces
 
-def solve(problem, granularity="coarse"):
-    """A shortest chain of thought, deterministic for a problem: (steps, answer). The granularity is arith's: every
-    countdown step is one operation on small numbers, written at once."""
+def solve(problem, granularity="coarse", products="once"):
+    """A shortest chain of thought, deterministic for a problem: (steps, answer). The granularity is arith's and
+    changes nothing here; `products` says how a product is written (move_text)."""
     numbers, target = parse_numbers(problem.text)
     solution = shortest_solution(numbers, target, random.Random(problem.text))
     if solution is None:
         raise ProblemError(f"{problem.text} has no solution")
-    return _write_steps(numbers, solution)
+    return _write_steps(numbers, solution, products)
 
 
-def _write_steps(numbers, solution):
+PRODUCTS = ("once", "digits")  # how a move writes a product (move_text; train_pretrain.py --countdown-products)
+
+
+def move_text(a, op, b, value, left, products="once"):
+    """One move as a step line. A sum or a difference is written at once (units digit first, each digit of it needs
+    one column and a carry). A product is written at once (`once`), or (`digits`) worked through single-digit
+    products when both numbers have more than one nonzero digit or one of them has two, the way arith's digits
+    granularity works it (`21*17=20*10+1*10+20*7+1*7=200+10+140+7=210+147=357`): a move the model can compute rather
+    than guess. Measured on the tiny model: 63% of the straight policy's countdown outputs held a move with wrong
+    arithmetic, 4% of the reasoner's, trained on digits moves (README)."""
+    equation = f"{a}{op}{b}={value}" if products == "once" else write_equation(a, op, b, value, "digits")
+    return f"{equation};" + " ".join(str(n) for n in left)
+
+
+def _state_text(numbers):
+    return " ".join(str(n) for n in numbers)
+
+
+def _write_steps(numbers, solution, products="once"):
     """Steps as text, and the answer: the expression tree of the last number made, printed.
     Each number left carries the tree that made it, keyed by the value the trace claims for it."""
     made = [(n, ("num", n)) for n in numbers]  # (claimed value, expression tree)
@@ -201,28 +251,105 @@ def _write_steps(numbers, solution):
         tree_a = made.pop(next(k for k, (v, _) in enumerate(made) if v == a))[1]
         tree_b = made.pop(next(k for k, (v, _) in enumerate(made) if v == b))[1]
         made.append((value, (op, tree_a, tree_b)))
-        steps.append(f"{a}{op}{b}={value};" + " ".join(str(n) for n in left))
+        steps.append(move_text(a, op, b, value, left, products))
     return steps, expr.to_text(made[-1][1])
+
+
+# ----------------------------------------------------------------------------- search traces
+
+MAX_DEAD_ENDS = 6      # dead ends a search trace may hold before the search is led straight to a solution
+INNER_BREADTH = 2      # moves tried from a state below the problem itself before the search backs up further
+NOISE = 1.0            # the heuristic's noise: a move's score is multiplied by a factor drawn from [1 - NOISE, 1 + NOISE]
+
+
+def _move_score(left, target):
+    """The heuristic (smaller is better): how far the number left nearest the target is from it, relative to the
+    target. It is what a person eyes first ("44 is near 63"); it is noisy (search_solve) so that traces vary."""
+    return min(abs(target - n) for n in left) / target
+
+
+def search_solve(problem, products="digits", max_dead_ends=MAX_DEAD_ENDS):
+    """A search trace: a depth-first search written out as the thinking (trace.py shows the bytes) -> (lines, answer).
+
+    From each state the moves are tried in the order of a noisy heuristic (_move_score). With two numbers left only
+    the move whose result is nearest the target is written (the inline check: it either makes the target or it
+    does not). A state is given up after its last move fails, and below the problem itself after INNER_BREADTH
+    moves; the undo line back to a state is written just before its next move is tried, so one undo line ends each
+    dead end and names the state the search returns to. After max_dead_ends dead ends the search is led: it only
+    takes moves from which the target can still be reached (the exact solver decides), so every trace ends at the
+    target and stays inside the context. Moves whose result exceeds MAX_SEARCH_VALUE are not tried before that.
+    Deterministic for a problem: the noise is seeded by its text."""
+    numbers, target = parse_numbers(problem.text)
+    if not is_reachable(numbers, target):
+        raise ProblemError(f"{problem.text} has no solution")
+    rng = random.Random("search " + problem.text)
+    lines, dead_ends = [], 0
+
+    def ordered_moves(state):
+        moves = [(a, op, b, value, _remove_pair(state, i, j) + (value,)) for i, j, a, op, b, value in _moves(state)]
+        if dead_ends >= max_dead_ends:  # led: only moves that keep the target reachable, whatever their size
+            moves = [m for m in moves if is_reachable(m[4], target)]
+        else:
+            moves = [m for m in moves if m[3] <= MAX_SEARCH_VALUE]
+        scored = sorted((_move_score(m[4], target) * rng.uniform(1 - NOISE, 1 + NOISE), k, m)
+                        for k, m in enumerate(moves))
+        ordered = [m for _, _, m in scored]
+        if len(state) == 2:  # the inline check: only the move nearest the target
+            ordered = sorted(ordered, key=lambda m: abs(target - m[3]))[:1]
+        return ordered
+
+    def dfs(state, path, is_root):
+        """The path of moves to the target below `state`, or None when the search gives `state` up."""
+        nonlocal dead_ends
+        if target in state and path:
+            return path
+        if len(state) == 1:
+            return None
+        tried = 0
+        for a, op, b, value, left in ordered_moves(state):
+            is_led = dead_ends >= max_dead_ends
+            if is_led and not is_reachable(left, target):
+                continue  # the move was ordered before the search was led
+            if not is_root and tried == INNER_BREADTH and not is_led:
+                break
+            if tried:
+                lines.append(undo_line(_state_text(state)))
+            tried += 1
+            lines.append(move_text(a, op, b, value, left, products))
+            found = dfs(left, path + [(a, op, b, value, left)], False)
+            if found is not None:
+                return found
+            dead_ends += 1
+        return None
+
+    solution = dfs(tuple(numbers), [], True)
+    if solution is None:  # a small problem whose every move failed before the cap: search it led from the start
+        return search_solve(problem, products, max_dead_ends=0)
+    _, answer = _write_steps(numbers, solution, products)
+    return lines, answer
 
 
 def check_step(numbers, line):
     """Is `line` a legal step from the numbers left? -> (is_legal, reason, numbers_after). Never raises."""
-    if line.count(";") != 1 or line.count("=") != 1 or line.index("=") > line.index(";"):
+    if line.count(";") != 1 or "=" not in line or line.index("=") > line.index(";"):
         return False, "a step is 'a op b=c;numbers left'", None
     equation, left_text = line.split(";")
-    lhs, rhs = equation.split("=")
+    links = equation.split("=")  # a op b = (worked-through links) = c
+    lhs = links[0]
     try:
-        operation, result = expr.parse(lhs), expr.parse(rhs)
+        chain = [expr.parse(link) for link in links]
     except expr.ExprError as error:
         return False, f"unreadable step ({error})", None
+    operation, result = chain[0], chain[-1]
     if expr.count_ops(operation) != 1 or operation[1][0] != "num" or operation[2][0] != "num" or result[0] != "num":
         return False, "a step combines two numbers into one", None
     op, a, b = operation[0], operation[1][1], operation[2][1]
     value = combine(a, op, b)
     if value is None:
         return False, f"{lhs} breaks the rules (subtraction must stay positive)", None
-    if value != result[1]:
-        return False, f"wrong arithmetic: {lhs} is {value}, not {result[1]}", None
+    for link_text, link in zip(links[1:], chain[1:]):
+        if expr.evaluate(link) != value:
+            return False, f"wrong arithmetic: {lhs} is {value}, not {link_text}", None
     available = Counter(numbers)
     if available[a] < 1 or available[b] < 1 + (a == b):
         return False, f"{lhs} uses a number that is not left", None
@@ -235,28 +362,64 @@ def check_step(numbers, line):
     return True, "", tuple(int(w) for w in words)
 
 
-def _step_checks(problem, steps):
-    """Per step: (is_legal, reason, numbers_after); after the first illegal step nothing is checked."""
+def has_wrong_arithmetic(line):
+    """Does `line` hold a step whose own arithmetic is wrong (`21*17=341`), whatever state it is written from?
+    False for every other line, legal or not. Never raises."""
+    if undone_state(line) is not None or line.count(";") != 1 or "=" not in line.split(";")[0]:
+        return False
+    links = line.split(";")[0].split("=")
+    try:
+        chain = [expr.parse(link) for link in links]
+    except expr.ExprError:
+        return False
+    first = chain[0]
+    if expr.count_ops(first) != 1 or first[1][0] != "num" or first[2][0] != "num":
+        return False
+    value = expr.evaluate(first)
+    return any(expr.evaluate(link) != value for link in chain[1:])
+
+
+def check_undo(reached, line):
+    """Is the undo `line` a return to a state in `reached` (a list of Counters)? -> (is_legal, reason, numbers)."""
+    words = undone_state(line).split()
+    if not words or not all(w.isascii() and w.isdigit() and len(w) <= 12 for w in words):
+        return False, "an undo line names numbers: 'undo;3 7 6'", None
+    numbers = tuple(int(w) for w in words)
+    if Counter(numbers) not in reached:
+        return False, f"undo to {' '.join(words)}: a state the thinking never reached", None
+    return True, "", numbers
+
+
+def _walk(problem, lines):
+    """Walk the lines (trace.py): per line (is_legal, reason, numbers_after, path_error), where numbers_after is the
+    state the walk is in after the line (None once the current path holds an illegal line) and path_error names the
+    first illegal line of the current path ("" while it has none). An undo line returns to a state reached legally."""
     numbers, _ = parse_numbers(problem.text)
-    checks = []
-    for line in steps:
-        if numbers is None:
-            checks.append((False, "follows an illegal step", None))
-            continue
-        result = check_step(numbers, line)
-        checks.append(result)
+    reached = [Counter(numbers)]
+    walk, path_error = [], ""
+    for index, line in enumerate(lines):
+        if undone_state(line) is not None:
+            result = check_undo(reached, line)
+            path_error = "" if result[0] else f"step {index + 1}: {result[1]}"
+        elif numbers is None:
+            result = (False, "follows an illegal step", None)
+        else:
+            result = check_step(numbers, line)
+            if not result[0]:
+                path_error = f"step {index + 1}: {result[1]}"
         numbers = result[2]
-    return checks
+        if numbers is not None:
+            reached.append(Counter(numbers))
+        walk.append(result + (path_error,))
+    return walk
 
 
 def step_labels(problem, steps):
-    """Exact labels: step i is good when steps 1..i are legal and the target is still reachable."""
+    """Exact labels: line i is good when the state the walk is in after it was reached by legal lines and can still
+    reach the target. In a straight trace: steps 1..i are legal and the target is reachable. In a search trace a move
+    into a dead end is bad and the undo line back out of it good (trace.py)."""
     _, target = parse_numbers(problem.text)
-    labels, is_sound = [], True
-    for is_legal, _, numbers_after in _step_checks(problem, steps):
-        is_sound = is_sound and is_legal and is_reachable(numbers_after, target)
-        labels.append(is_sound)
-    return labels
+    return [numbers is not None and is_reachable(numbers, target) for _, _, numbers, _ in _walk(problem, steps)]
 
 
 def check(problem, completion):
@@ -270,9 +433,9 @@ def check(problem, completion):
     numbers, target = parse_numbers(problem.text)
     if not parsed.is_well_formed:
         return False, parsed.reason, False
-    for index, (is_legal, reason, _) in enumerate(_step_checks(problem, parsed.steps)):
-        if not is_legal:
-            return False, f"step {index + 1}: {reason}", True
+    walk = _walk(problem, parsed.steps)
+    if walk and walk[-1][2] is None:  # the path the answer comes from holds an illegal line
+        return False, walk[-1][3], True
     try:
         tree = expr.parse(parsed.answer)
     except expr.ExprError as error:

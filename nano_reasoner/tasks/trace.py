@@ -31,6 +31,44 @@ expression, and a copy that had to reverse every number on the way caused a thir
 the other (it is its own inverse); the task files check steps in reading order, and tasks/__init__.py flips between
 the two.
 
+Thinking that searches. Besides straight traces (one step after another to the answer), two trace kinds let the
+model go back inside its own thinking, with one more kind of line, the undo line `undo;<state>`: it abandons the
+state the thinking is in and returns to `<state>`, written exactly as a step writes the state it leaves, which must
+be a state the trace really reached (the problem itself, or the state after an earlier legal step). Exact bytes, in
+reading order (the model writes the digits of both kinds of line units first, as above):
+
+    countdown: 19 18 5 -> 77           a search trace (countdown.search_solve): a depth-first search
+    <think>
+    18*5=10*5+8*5=50+40=90;19 90       a move (a product worked through single digits), the numbers left
+    90-19=71;71                        one number left and it is not 77: a dead end
+    undo;19 18 5                       back to the state named: here the problem itself
+    18+5=23;19 23                      attempt 2
+    19+23=42;42
+    undo;19 18 5
+    19*5=10*5+9*5=50+45=95;18 95       attempt 3
+    95-18=77;77
+    </think>
+    19*5-18                            the answer: the expression of the path that reached the target
+
+    arith: 12+34*5                     a retry trace (arith.retry_solve): at a share of the steps a plausible
+    <think>                            slip (here a wrong leading digit), an undo line back to the expression
+    34*5=30*5+4*5=150+20=870;12+870    before it, and the right step
+    undo;12+34*5
+    34*5=30*5+4*5=150+20=170;12+170
+    12+170=182;182
+    </think>
+    182
+
+How the verifiers read them: the lines are walked in order, every step line is checked from the state the walk is
+in, and an undo line moves the walk to the state it names (or, when the trace never reached that state, is itself an
+illegal line). The answer is judged from where the walk ends: every line of the path that leads there must be
+legal, while a wrong step that was undone costs nothing (Physics of Language Models 2.2, Ye et al., arXiv
+2408.16293, trains on such mistakes unmasked). So a countdown answer that reaches the target after an illegal move
+still scores zero, and an undo line cannot launder it: it can only return to a state reached legally. The exact
+step label of a line is, as for straight traces, "the state the walk is in after this line is legal and can still
+reach the answer": a move into a dead end is labelled bad, the undo line out of it good again (prm.py learns
+exactly that).
+
 Each task file (arith.py, countdown.py) says what a step line holds for that task.
 """
 import re
@@ -38,6 +76,7 @@ from dataclasses import dataclass, field
 
 THINK = "<think>"
 END_THINK = "</think>"
+UNDO = "undo"                   # an undo line is f"{UNDO};{state}" (module docstring)
 MAX_COMPLETION_CHARS = 20_000   # longer output is rejected before it is split into lines
 
 
@@ -93,6 +132,16 @@ def flip_thinking(completion):
     lines = to_text(completion).split("\n")
     end = lines.index(END_THINK) if END_THINK in lines else len(lines)
     return "\n".join([flip_digits(line) for line in lines[:end]] + lines[end:])
+
+
+def undo_line(state_text):
+    return f"{UNDO};{state_text}"
+
+
+def undone_state(line):
+    """The state an undo line names (text), or None when the line is not an undo line."""
+    prefix = UNDO + ";"
+    return line[len(prefix):] if line.startswith(prefix) else None
 
 
 def to_text(data):
