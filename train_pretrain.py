@@ -55,7 +55,7 @@ PRESETS = {
 
 # fine-tuning (--init): longer context for traces that search, fewer steps, a lower peak learning rate
 FINETUNE_PRESETS = {
-    "tiny": dict(block_size=512, batch_size=16, steps=2800, lr=5e-4, train_problems=20000, ema=0.995,
+    "tiny": dict(block_size=512, batch_size=16, steps=2300, lr=5e-4, train_problems=20000, ema=0.995,
                  countdown_products="digits"),
     "small": dict(block_size=512, batch_size=128, steps=3000, lr=5e-4, train_problems=100000, ema=0.0,
                   countdown_products="digits"),
