@@ -30,7 +30,7 @@ import torch
 
 from nano_reasoner import scaling, search, tasks
 from nano_reasoner.cli import UserError, load_policy, pick_device, run_main
-from nano_reasoner.evaluate import accuracy_by_difficulty
+from nano_reasoner.evaluate import accuracy_by_difficulty, held_out_problems
 from nano_reasoner.report import write_json, write_report_section
 from nano_reasoner.thinking import thinking_budget
 
@@ -167,7 +167,6 @@ def load_verifier(path, device, tokenizer):
 
 
 def run_scaling(args, model, tokenizer, device):
-    from train_pretrain import held_out_problems
 
     out_dir = args.scaling_out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.ckpt))), "scaling")
     prm_verifier = load_verifier(args.verifier, device, tokenizer)

@@ -36,7 +36,7 @@ from nano_reasoner import tasks
 from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, CheckpointError
 from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.data import batches, collate, make_examples
-from nano_reasoner.evaluate import greedy_accuracy
+from nano_reasoner.evaluate import EVAL_DIFFICULTIES, greedy_accuracy, held_out_problems
 from nano_reasoner.model import GPT, GPTConfig, configure_optimizer
 from nano_reasoner.report import MetricsLogger, markdown_table, plot_panels, progress_line, write_json, write_report_section
 from nano_reasoner.thinking import budget_sweep, summarise_thinking
@@ -136,15 +136,6 @@ def parse_args(argv=None):
     if not 0 <= args.ema < 1:
         raise UserError("--ema must be a number in [0, 1): 0.995 averages about the last 200 steps, 0 turns it off")
     return args
-
-
-EVAL_DIFFICULTIES = {"arith": (1, 2, 3, 4), "countdown": (3, 4)}  # what the headline numbers are measured on
-
-
-def held_out_problems(n, seed):
-    """The held-out evaluation problems (seeded apart from training), per task."""
-    return {task: tasks.generate(task, n, seed=seed + 10_000 + i, difficulties=EVAL_DIFFICULTIES[task])
-            for i, task in enumerate(tasks.TASKS)}
 
 
 def training_problems(args, held_out):

@@ -42,7 +42,7 @@ from nano_reasoner.evaluate import attempt_problems
 from nano_reasoner.model import configure_optimizer
 from nano_reasoner.report import (MetricsLogger, format_duration, markdown_table, plot_panels, progress_line,
                                   write_json, write_report_section)
-from train_pretrain import EVAL_DIFFICULTIES, held_out_problems
+from nano_reasoner.evaluate import EVAL_DIFFICULTIES, held_out_problems
 
 PRESETS = {
     #        problems per task, policy samples per problem, steps, batch, lr, held-out problems per task

@@ -27,7 +27,7 @@ from nano_reasoner.grpo import LOSS_NORMS, GRPOConfig, exact_step_rewards, grpo_
 from nano_reasoner.model import configure_optimizer
 from nano_reasoner.prm import load_verifier, score_steps
 from nano_reasoner.report import MetricsLogger, format_duration, markdown_table, plot_panels, progress_line, write_json, write_report_section
-from train_pretrain import EVAL_DIFFICULTIES, held_out_problems
+from nano_reasoner.evaluate import EVAL_DIFFICULTIES, held_out_problems
 
 PRESETS = {
     #        steps, prompts per step, G, lr, mu, completion budget, pass@k

@@ -61,3 +61,12 @@ def greedy_accuracy(model, tokenizer, problems, seed=0):
     """Greedy accuracy by difficulty on problems of one task, and the attempts."""
     attempts, _ = attempt_problems(model, tokenizer, problems, temperature=0.0, seed=seed)
     return accuracy_by_difficulty(problems, [a[0].verdict.is_correct for a in attempts]), attempts
+
+
+EVAL_DIFFICULTIES = {"arith": (1, 2, 3, 4), "countdown": (3, 4)}  # what the headline numbers are measured on
+
+
+def held_out_problems(n, seed):
+    """The held-out evaluation problems (seeded apart from training), per task; every stage measures on these."""
+    return {task: tasks.generate(task, n, seed=seed + 10_000 + i, difficulties=EVAL_DIFFICULTIES[task])
+            for i, task in enumerate(tasks.TASKS)}
