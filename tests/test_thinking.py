@@ -94,6 +94,25 @@ def test_search_traces_are_deterministic_and_capped():
     assert not any(line.startswith("undo;") for line in led)  # led from the start: straight to a solution
 
 
+def test_small_problems_are_searched_completely_in_the_fixed_order():
+    problem = countdown.parse_problem("4 8 16 -> 48")
+    lines, answer = countdown.search_solve(problem, "digits")
+    assert lines == ["4+8=12;16 12", "16+12=28;28", "undo;4 8 16",
+                     "8-4=4;16 4", "16*4=10*4+6*4=40+24=64;64", "undo;4 8 16",
+                     "4*8=32;16 32", "16+32=48;48"]
+    assert answer == "16+4*8"
+    assert [m[:4] for m in countdown.fixed_order_moves((5, 9))] == [(5, "+", 9, 14), (9, "-", 5, 4), (5, "*", 9, 45)]
+    assert [m[:4] for m in countdown.fixed_order_moves((3, 3))] == [(3, "+", 3, 6), (3, "*", 3, 9)]  # 3-3 is illegal
+    assert [m[:4] for m in countdown.fixed_order_moves((4, 4, 2))] == [  # 4 and 2 paired once
+        (4, "+", 4, 8), (4, "*", 4, 16), (4, "+", 2, 6), (4, "-", 2, 2), (4, "*", 2, 8)]
+    for problem in countdown.generate(200, seed=14, difficulties=(3,)):
+        lines, _ = countdown.search_solve(problem, "once")
+        numbers, _ = countdown.parse_numbers(problem.text)
+        moves = [line for line in lines if not line.startswith("undo;")][0::2]  # the moves made from the problem itself
+        fixed = [countdown.move_text(*m, products="once") for m in countdown.fixed_order_moves(numbers)]
+        assert moves == fixed[:len(moves)]  # tried in order, none skipped, none repeated, stopped at the first success
+
+
 def test_every_generated_retry_trace_verifies_and_labels_exactly_its_slips_bad():
     slips = 0
     for problem in arith.generate(300, seed=13, difficulties=(1, 2, 3, 4)):

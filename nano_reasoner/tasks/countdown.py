@@ -260,6 +260,26 @@ def _write_steps(numbers, solution, products="once"):
 MAX_DEAD_ENDS = 6      # dead ends a search trace may hold before the search is led straight to a solution
 INNER_BREADTH = 2      # moves tried from a state below the problem itself before the search backs up further
 NOISE = 1.0            # the heuristic's noise: a move's score is multiplied by a factor drawn from [1 - NOISE, 1 + NOISE]
+COMPLETE_SEARCH = 3    # a problem of at most this many numbers is searched completely, in the fixed order
+
+
+def fixed_order_moves(numbers):
+    """Every move from `numbers` in the fixed order of a complete search: the pairs left to right (1st and 2nd,
+    1st and 3rd, 2nd and 3rd, ...) and for each pair its sum, the larger minus the smaller, its product; a move whose
+    result would exceed MAX_SEARCH_VALUE is left out, and so is one already listed (`11+9` of `11 11 9` once).
+    -> [(a, op, b, value, numbers_left)]. The next move to try after a dead end is the one after the last one tried
+    in this list: a rule the model can read off its own thinking."""
+    moves, seen = [], set()
+    for i in range(len(numbers)):
+        for j in range(i + 1, len(numbers)):
+            a, b = numbers[i], numbers[j]
+            left = _remove_pair(numbers, i, j)
+            for op, x, y in (("+", a, b), ("-", max(a, b), min(a, b)), ("*", a, b)):
+                value = combine(x, op, y)
+                if value is not None and value <= MAX_SEARCH_VALUE and (x, op, y) not in seen:
+                    seen.add((x, op, y))
+                    moves.append((x, op, y, value, left + (value,)))
+    return moves
 
 
 def _move_score(left, target):
@@ -268,32 +288,41 @@ def _move_score(left, target):
     return min(abs(target - n) for n in left) / target
 
 
-def search_solve(problem, products="digits", max_dead_ends=MAX_DEAD_ENDS):
+def search_solve(problem, products="digits", max_dead_ends=MAX_DEAD_ENDS, complete=None):
     """A search trace: a depth-first search written out as the thinking (trace.py shows the bytes) -> (lines, answer).
 
-    From each state the moves are tried in the order of a noisy heuristic (_move_score). With two numbers left only
-    the move whose result is nearest the target is written (the inline check: it either makes the target or it
-    does not). A state is given up after its last move fails, and below the problem itself after INNER_BREADTH
-    moves; the undo line back to a state is written just before its next move is tried, so one undo line ends each
-    dead end and names the state the search returns to. After max_dead_ends dead ends the search is led: it only
-    takes moves from which the target can still be reached (the exact solver decides), so every trace ends at the
-    target and stays inside the context. Moves whose result exceeds MAX_SEARCH_VALUE are not tried before that.
-    Deterministic for a problem: the noise is seeded by its text."""
+    Two orders of moves. A problem of at most COMPLETE_SEARCH numbers is searched completely in the fixed order
+    (fixed_order_moves): every move of the problem is tried, one after the other, until one reaches the target, so
+    the trace always ends there and what to try after a dead end is a rule, not a guess. A larger problem has too
+    many moves for that (a complete search of 4 numbers averages about 1700 tokens): its moves are tried in the order
+    of a noisy heuristic (_move_score); a state below the problem itself is given up after INNER_BREADTH moves; after
+    max_dead_ends dead ends the search is led: it only takes moves from which the target can still be reached (the
+    exact solver decides), so every trace ends at the target and stays inside the context. Moves whose result
+    exceeds MAX_SEARCH_VALUE are not tried before that. In both, with two numbers left only the move whose result is
+    nearest the target is written (the inline check: it either makes the target or it does not), and the undo line
+    back to a state is written just before its next move is tried, so one undo line ends each dead end and names the
+    state the search returns to. `complete` forces the order (None: by the problem's size). Deterministic for a
+    problem: the noise is seeded by its text."""
     numbers, target = parse_numbers(problem.text)
     if not is_reachable(numbers, target):
         raise ProblemError(f"{problem.text} has no solution")
+    if complete is None:
+        complete = len(numbers) <= COMPLETE_SEARCH
     rng = random.Random("search " + problem.text)
     lines, dead_ends = [], 0
 
     def ordered_moves(state):
-        moves = [(a, op, b, value, _remove_pair(state, i, j) + (value,)) for i, j, a, op, b, value in _moves(state)]
-        if dead_ends >= max_dead_ends:  # led: only moves that keep the target reachable, whatever their size
-            moves = [m for m in moves if is_reachable(m[4], target)]
+        if complete:
+            ordered = fixed_order_moves(state)
         else:
-            moves = [m for m in moves if m[3] <= MAX_SEARCH_VALUE]
-        scored = sorted((_move_score(m[4], target) * rng.uniform(1 - NOISE, 1 + NOISE), k, m)
-                        for k, m in enumerate(moves))
-        ordered = [m for _, _, m in scored]
+            moves = [(a, op, b, value, _remove_pair(state, i, j) + (value,)) for i, j, a, op, b, value in _moves(state)]
+            if dead_ends >= max_dead_ends:  # led: only moves that keep the target reachable, whatever their size
+                moves = [m for m in moves if is_reachable(m[4], target)]
+            else:
+                moves = [m for m in moves if m[3] <= MAX_SEARCH_VALUE]
+            scored = sorted((_move_score(m[4], target) * rng.uniform(1 - NOISE, 1 + NOISE), k, m)
+                            for k, m in enumerate(moves))
+            ordered = [m for _, _, m in scored]
         if len(state) == 2:  # the inline check: only the move nearest the target
             ordered = sorted(ordered, key=lambda m: abs(target - m[3]))[:1]
         return ordered
@@ -307,10 +336,10 @@ def search_solve(problem, products="digits", max_dead_ends=MAX_DEAD_ENDS):
             return None
         tried = 0
         for a, op, b, value, left in ordered_moves(state):
-            is_led = dead_ends >= max_dead_ends
+            is_led = not complete and dead_ends >= max_dead_ends
             if is_led and not is_reachable(left, target):
                 continue  # the move was ordered before the search was led
-            if not is_root and tried == INNER_BREADTH and not is_led:
+            if not complete and not is_root and tried == INNER_BREADTH and not is_led:
                 break
             if tried:
                 lines.append(undo_line(_state_text(state)))
@@ -323,8 +352,8 @@ def search_solve(problem, products="digits", max_dead_ends=MAX_DEAD_ENDS):
         return None
 
     solution = dfs(tuple(numbers), [], True)
-    if solution is None:  # a small problem whose every move failed before the cap: search it led from the start
-        return search_solve(problem, products, max_dead_ends=0)
+    if solution is None:  # every move failed before the cap (or needs a number over MAX_SEARCH_VALUE): search it led
+        return search_solve(problem, products, max_dead_ends=0, complete=False)
     _, answer = _write_steps(numbers, solution, products)
     return lines, answer
 
