@@ -59,6 +59,19 @@ def collate(examples, pad_id, device):
     return inputs.to(device), targets.to(device)
 
 
+def decision_weights(targets, decision_ids, weight):
+    """Per-position loss weights (B, T): `weight` where the token to predict is a decision, 1 elsewhere.
+
+    In a search trace almost every token is copying or arithmetic; the few that decide what the search does next are
+    the first token after a checked state, `</think>` (the target is made: stop) or the undo marker (it is not: go
+    back). A model that gets the arithmetic right but these wrong stops on a miss or walks past a hit, so their loss
+    can be weighted up: a larger share of the gradient goes to the comparison with the target."""
+    is_decision = torch.zeros_like(targets, dtype=torch.bool)
+    for token_id in decision_ids:
+        is_decision |= targets == token_id
+    return 1.0 + (weight - 1.0) * is_decision.float()
+
+
 def batches(examples, batch_size, seed, bucket_batches=4):
     """An endless stream of length-bucketed batches (lists of Examples), reproducible from seed."""
     rng = random.Random(seed)

@@ -7,8 +7,9 @@ thousand generated traces. Three choices make it fit arithmetic:
 
 - digits are split (`split_digits`): `1026` is always `1 0 2 6`, so the model sees every number digit by digit and
   the same digit always has the same token, which makes carrying learnable (multi-digit pieces like `102` would not be);
-- the markers `<think>`, `</think>` and the newline that ends each step are user-defined symbols, always one token,
-  so the sampler can stop at "end of step" by watching a single token id;
+- the markers `<think>`, `</think>`, the newline that ends each step and the word `undo` that starts a line going
+  back (tasks/trace.py) are user-defined symbols, always one token, so the sampler can stop at "end of step" by
+  watching a single token id, and budget forcing can continue the thinking with one token;
 - no normalisation and no dummy prefix, so decode(encode(text)) == text for every trace (tested). There is no byte
   fallback (it would add 256 byte pieces to a vocabulary of about 60): a character the corpus never held encodes to
   `unk`, and `encode_checked` refuses such text with a message instead of silently changing it.
@@ -22,7 +23,7 @@ import tempfile
 
 import sentencepiece as spm
 
-from nano_reasoner.tasks import END_THINK, THINK
+from nano_reasoner.tasks import END_THINK, THINK, UNDO
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 STEP_END = "\n"
@@ -76,7 +77,7 @@ def train_tokenizer(texts, path, vocab_size=64):
                 f.write(text + "\n")
         spm.SentencePieceTrainer.train(
             input=corpus, model_prefix=os.path.join(workdir, "sp"), model_type="bpe", vocab_size=vocab_size,
-            user_defined_symbols=[THINK, END_THINK, STEP_END], split_digits=True,
+            user_defined_symbols=[THINK, END_THINK, STEP_END, UNDO], split_digits=True,
             normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
             pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID, hard_vocab_limit=False,
             character_coverage=1.0, num_threads=1, minloglevel=2,

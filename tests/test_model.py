@@ -145,3 +145,11 @@ def test_optimizer_decays_only_two_dimensional_weights():
     assert all(p.dim() == 2 for p in decay_group["params"])
     assert all(p.dim() == 1 for p in no_decay_group["params"])
     assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == model.num_params()
+
+
+def test_decision_weights_weight_only_the_stop_and_go_back_tokens():
+    from nano_reasoner.data import decision_weights
+    targets = torch.tensor([[-1, 5, 7, 9, 7], [3, 9, -1, -1, -1]])  # 7 and 9 stand for `</think>` and undo
+    weights = decision_weights(targets, [7, 9], 4.0)
+    assert weights.tolist() == [[1, 1, 4, 4, 4], [1, 4, 1, 1, 1]]
+    assert decision_weights(targets, [7, 9], 1.0).tolist() == [[1.0] * 5, [1.0] * 5]

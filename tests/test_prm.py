@@ -267,7 +267,7 @@ def test_ranking_loss_by_hand_and_its_gradient_separates_right_from_wrong(tokeni
         pytest.approx(1 / (1 + math.exp(-s_right)), abs=1e-5)
     assert prm.ranking_loss(verifier, tokenizer, right, wrong).item() == \
         pytest.approx(math.log(1 + math.exp(s_wrong - s_right)), abs=1e-5)
-    optimizer = torch.optim.SGD(verifier.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(verifier.parameters(), lr=0.05)
     for _ in range(5):
         loss = prm.ranking_loss(verifier, tokenizer, right, wrong)
         optimizer.zero_grad()

@@ -219,11 +219,11 @@ def test_trace_format_bytes():
     assert tasks.full_trace(problem) == "arith: 2+3\n<think>\n2+3=5;5\n</think>\n5"
     # numbers in the thinking and in the arith prompt are written units digit first; the answer is not
     assert tasks.full_trace(Problem("arith", "38+24", 1)) == "arith: 83+42\n<think>\n83+42=26;26\n</think>\n62"
-    # countdown problems are shown as typed
+    # countdown problems too are shown units digit first
     countdown = Problem("countdown", "3 17 25 -> 92", 3)
-    assert tasks.format_prompt(countdown) == "countdown: 3 17 25 -> 92\n<think>\n"
+    assert tasks.format_prompt(countdown) == "countdown: 3 71 52 -> 29\n<think>\n"
     assert tasks.shown_problem(Problem("arith", "38+24", 1)) == "83+42"
-    assert tasks.shown_problem(countdown) == countdown.text
+    assert tasks.shown_problem(countdown) == "3 71 52 -> 29"
 
 
 # ----------------------------------------------------------------------------- digit order (trace.py)

@@ -75,42 +75,68 @@ def test_every_generated_search_trace_verifies_and_ends_where_its_labels_say():
     for problem in problems:
         for products in countdown.PRODUCTS:
             lines, answer = countdown.search_solve(problem, products)
+            assert (lines, answer) == countdown.search_solve(problem, products)  # deterministic
             result = countdown.verify(problem, tasks.format_completion(lines, answer))
             assert result.is_correct, (problem, lines, answer, result.reason)
             # every bad line is followed, sooner or later, by an undo line: the search never finishes from a dead end
-            last_undo = max([i for i, line in enumerate(lines) if line.startswith("undo;")], default=-1)
-            assert all(ok for ok in result.step_ok[last_undo + 1:])
-            kept_dead_ends += last_undo >= 0
-    assert kept_dead_ends > 150, "the noisy heuristic should leave real dead ends in many traces"
+            undo_at = [i for i, line in enumerate(lines) if tasks.undone_state(line) is not None]
+            assert all(result.step_ok[max(undo_at, default=-1) + 1:])
+            # every undo line follows a miss: the line before it left one number, not the target
+            _, target = countdown.parse_numbers(problem.text)
+            assert all(len(lines[i - 1].split(";")[1].split()) == 1 and lines[i - 1].split(";")[1] != str(target)
+                       for i in undo_at[:-1] if problem.difficulty <= 4)
+            kept_dead_ends += bool(undo_at)
+    assert kept_dead_ends > 150, "most traces should try more than one move from the problem"
 
 
-def test_search_traces_are_deterministic_and_capped():
-    problems = countdown.generate(200, seed=12, difficulties=(4,))
-    for problem in problems:
-        lines, _ = countdown.search_solve(problem, "digits")
-        assert (lines, _) == countdown.search_solve(problem, "digits")
-        assert sum(line.startswith("undo;") for line in lines) <= countdown.MAX_DEAD_ENDS
-    led = countdown.search_solve(problems[0], "once", max_dead_ends=0)[0]
-    assert not any(line.startswith("undo;") for line in led)  # led from the start: straight to a solution
+def test_root_moves_rotate_the_numbers_and_cover_every_pair():
+    moves = countdown.root_moves((5, 21, 16))
+    assert [(order, m[:4]) for order, m in moves] == [
+        ((5, 21, 16), (5, "+", 21, 26)), ((5, 21, 16), (21, "-", 5, 16)), ((5, 21, 16), (5, "*", 21, 105)),
+        ((21, 16, 5), (21, "+", 16, 37)), ((21, 16, 5), (21, "-", 16, 5)), ((21, 16, 5), (21, "*", 16, 336)),
+        ((16, 5, 21), (16, "+", 5, 21)), ((16, 5, 21), (16, "-", 5, 11)), ((16, 5, 21), (16, "*", 5, 80))]
+    assert moves[0][1][4] == (16, 26)  # the numbers left: the rest of the order, then the number made
+    assert [m[:4] for _, m in countdown.root_moves((3, 3, 9))][:2] == [(3, "+", 3, 6), (3, "*", 3, 9)]  # 3-3 is no move
+    orders = [order for order, _ in countdown.root_moves((1, 2, 3, 4))][::3]
+    assert orders == [(1, 2, 3, 4), (2, 3, 4, 1), (3, 4, 1, 2), (4, 1, 2, 3), (1, 3, 2, 4), (2, 4, 1, 3)]
+    for numbers in ((1, 2, 3, 4), (2, 3, 5, 7, 11)):
+        pairs = {frozenset(order[:2]) for order, _ in countdown.root_moves(numbers)}
+        assert len(pairs) == len(numbers) * (len(numbers) - 1) // 2  # every pair once
 
 
-def test_small_problems_are_searched_completely_in_the_fixed_order():
+def test_small_problems_are_searched_completely_in_root_order():
     problem = countdown.parse_problem("4 8 16 -> 48")
     lines, answer = countdown.search_solve(problem, "digits")
-    assert lines == ["4+8=12;16 12", "16+12=28;28", "undo;4 8 16",
-                     "8-4=4;16 4", "16*4=10*4+6*4=40+24=64;64", "undo;4 8 16",
-                     "4*8=32;16 32", "16+32=48;48"]
-    assert answer == "16+4*8"
-    assert [m[:4] for m in countdown.fixed_order_moves((5, 9))] == [(5, "+", 9, 14), (9, "-", 5, 4), (5, "*", 9, 45)]
-    assert [m[:4] for m in countdown.fixed_order_moves((3, 3))] == [(3, "+", 3, 6), (3, "*", 3, 9)]  # 3-3 is illegal
-    assert [m[:4] for m in countdown.fixed_order_moves((4, 4, 2))] == [  # 4 and 2 paired once
-        (4, "+", 4, 8), (4, "*", 4, 16), (4, "+", 2, 6), (4, "-", 2, 2), (4, "*", 2, 8)]
+    assert lines == ["4+8=12;16 12", "12+16=28;28", "undo 4+8;4 8 16",
+                     "8-4=4;16 4", "4*16=4*10+4*6=40+24=64;64", "undo 8-4;4 8 16",
+                     "4*8=32;16 32", "32+16=48;48"]
+    assert answer == "(4*8)+16"
     for problem in countdown.generate(200, seed=14, difficulties=(3,)):
         lines, _ = countdown.search_solve(problem, "once")
-        numbers, _ = countdown.parse_numbers(problem.text)
-        moves = [line for line in lines if not line.startswith("undo;")][0::2]  # the moves made from the problem itself
-        fixed = [countdown.move_text(*m, products="once") for m in countdown.fixed_order_moves(numbers)]
-        assert moves == fixed[:len(moves)]  # tried in order, none skipped, none repeated, stopped at the first success
+        numbers, target = countdown.parse_numbers(problem.text)
+        root = [countdown.move_text(*m, products="once") for _, m in countdown.root_moves(numbers)]
+        first_hit = next(k for k, (_, m) in enumerate(countdown.root_moves(numbers)) if countdown.is_reachable(m[4], target))
+        tried = [lines[0]] + [lines[i + 1] for i, line in enumerate(lines) if tasks.undone_state(line) is not None]
+        assert tried == root[:first_hit + 1]  # in order, none skipped or repeated, stopped at the first that can hit
+
+
+def test_chain_answer_brackets_every_number_made():
+    path = [(4, "+", 8, 12, (2, 30, 12)), (12, "*", 2, 24, (30, 24)), (30, "-", 24, 6, (6,))]
+    assert countdown.chain_answer(path) == "30-((4+8)*2)"
+    assert countdown.chain_answer(path[:1]) == "4+8"
+    assert [m[:4] for m in countdown.chain_moves((2, 30, 12))] == [  # the number made last combines with the others
+        (12, "+", 2, 14), (12, "-", 2, 10), (12, "*", 2, 24), (12, "+", 30, 42), (30, "-", 12, 18), (12, "*", 30, 360)]
+
+
+def test_undo_lines_name_a_legal_move_from_the_state_they_return_to():
+    for line in ("undo 25*19;3 7 25 19", "undo;3 7 25 19"):
+        assert verdict(DEAD_END + line + "\n" + SOLUTION).is_correct
+    for line, why in (("undo 3*3;3 7 25 19", "not a move"), ("undo 3-7;3 7 25 19", "not a move"),
+                      ("undo 3+7+1;3 7 25 19", "combines two numbers"), ("undo x;3 7 25 19", "not a move")):
+        result = verdict(DEAD_END + line + "\n" + SOLUTION)
+        assert not result.is_correct and why in result.reason, (line, result.reason)
+    assert tasks.undone_move("undo 25*19;3 7 25 19") == "25*19" and tasks.undone_move("undo;3 7") is None
+    assert tasks.undone_state("undo 25*19;3 7 25 19") == "3 7 25 19" and tasks.undone_state("undone;3") is None
 
 
 def test_every_generated_retry_trace_verifies_and_labels_exactly_its_slips_bad():
@@ -140,7 +166,7 @@ def test_trace_kinds_route_and_flip_digits():
     problem = countdown.parse_problem("19 18 5 -> 77")
     steps, answer = tasks.trace(problem, "coarse", "search", countdown_products="digits")
     assert steps == [tasks.flip_digits(line) for line in countdown.search_solve(problem, "digits")[0]]
-    assert "=10*5+9*5=" in tasks.flip_digits(steps[-2])  # 19*5, worked through single-digit products
+    assert "=5*10+5*9=" in tasks.flip_digits(steps[-2])  # 5*19, worked through single-digit products
     straight, _ = tasks.trace(problem, "digits", "straight")
     assert straight == [tasks.flip_digits(line) for line in countdown.solve(problem)[0]]  # products at once
     with pytest.raises(ValueError):

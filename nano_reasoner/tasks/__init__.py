@@ -23,7 +23,7 @@ and a flag, CHECKABLE_AT_TEST_TIME: can a search check its own candidates, from 
 from nano_reasoner.tasks import arith, countdown
 from nano_reasoner.tasks.trace import (END_THINK, THINK, UNDO, ParsedCompletion, Problem, ProblemError, Verdict,
                                        flip_digits, flip_thinking, format_completion, format_prompt, parse_completion,
-                                       shown_problem, undone_state)
+                                       shown_problem, undone_move, undone_state)
 
 TASKS = {"arith": arith, "countdown": countdown}
 GRANULARITIES = arith.GRANULARITIES  # how finely arith works a product through (countdown: countdown.PRODUCTS)

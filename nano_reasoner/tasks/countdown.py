@@ -32,10 +32,15 @@ be reached from the numbers left, which `is_reachable` decides by exhaustive sea
 
 Training traces show a shortest solution (chosen at random among the shortest, seeded by the problem text), so that
 the model learns to reach the target in as few steps as the problem allows. Search traces (`search_solve`) write a
-depth-first search instead, dead ends and undo lines included (trace.py), the way "Stream of Search" (Gandhi et al.,
-arXiv 2404.03683) trains a model on the search rather than on its result; they differ from the paper's in the
-heuristic (the number nearest the target), in a cap on dead ends after which the search is led to a solution (the
-paper keeps failed searches too), and in writing a product through single-digit products (`move_text`).
+search instead, dead ends and undo lines included (trace.py), the way "Stream of Search" (Gandhi et al., arXiv
+2404.03683) trains a model on the search rather than on its result. Ours differs from the paper's in what the tiny
+model could carry out (docs/reasoning_log.md has the measurements behind each choice): the moves from the problem
+itself are tried in a fixed order the model can read off its own last lines (root_moves) rather than by a heuristic
+it would have to compute; below each a single probe runs to one number, guided by the exact solver where the target
+is still reachable (so the model learns to guess well) and by nearness to the target where it is not; the probe
+only ever combines the number made last (a chain), so the answer is built by wrapping, not by looking up which line
+made which number; a product is worked through single-digit products (`move_text`); and failed searches are not
+kept: a trace that does not fit the context is left out of training.
 """
 import functools
 import random
@@ -44,7 +49,7 @@ from collections import Counter
 from nano_reasoner.tasks import expr
 from nano_reasoner.tasks.arith import write_equation
 from nano_reasoner.tasks.trace import (ParsedCompletion, Problem, ProblemError, Verdict, parse_completion, undo_line,
-                                       undone_state)
+                                       undone_move, undone_state)
 
 TASK = "countdown"
 CHECKABLE_AT_TEST_TIME = True  # check() needs only the problem: see its docstring
@@ -53,7 +58,6 @@ MAX_NUMBER = 25
 TARGET_RANGE = (10, 999)
 MAX_GIVEN = 6          # numbers a person may type (search cost grows fast with more)
 MAX_VALUE = 10 ** 6    # numbers and target a person may type
-MAX_SEARCH_VALUE = 2000  # a search trace never tries a move that makes a larger number
 
 
 # ----------------------------------------------------------------------------- rules and the exact solver
@@ -257,105 +261,108 @@ def _write_steps(numbers, solution, products="once"):
 
 # ----------------------------------------------------------------------------- search traces
 
-MAX_DEAD_ENDS = 6      # dead ends a search trace may hold before the search is led straight to a solution
-INNER_BREADTH = 2      # moves tried from a state below the problem itself before the search backs up further
-NOISE = 1.0            # the heuristic's noise: a move's score is multiplied by a factor drawn from [1 - NOISE, 1 + NOISE]
-COMPLETE_SEARCH = 3    # a problem of at most this many numbers is searched completely, in the fixed order
+def root_moves(numbers):
+    """The moves a search trace tries from the problem itself, in its order -> [(order, move)], where move is
+    (a, op, b, value, numbers_left) and order is how the undo line before the move writes the problem's numbers.
 
-
-def fixed_order_moves(numbers):
-    """Every move from `numbers` in the fixed order of a complete search: the pairs left to right (1st and 2nd,
-    1st and 3rd, 2nd and 3rd, ...) and for each pair its sum, the larger minus the smaller, its product; a move whose
-    result would exceed MAX_SEARCH_VALUE is left out, and so is one already listed (`11+9` of `11 11 9` once).
-    -> [(a, op, b, value, numbers_left)]. The next move to try after a dead end is the one after the last one tried
-    in this list: a rule the model can read off its own thinking."""
-    moves, seen = [], set()
-    for i in range(len(numbers)):
-        for j in range(i + 1, len(numbers)):
-            a, b = numbers[i], numbers[j]
-            left = _remove_pair(numbers, i, j)
-            for op, x, y in (("+", a, b), ("-", max(a, b), min(a, b)), ("*", a, b)):
-                value = combine(x, op, y)
-                if value is not None and value <= MAX_SEARCH_VALUE and (x, op, y) not in seen:
-                    seen.add((x, op, y))
-                    moves.append((x, op, y, value, left + (value,)))
+    A move combines the first two numbers of its order: their sum, the larger minus the smaller, their product (a
+    difference of two equal numbers is not a move). After the three the order is rotated left (`5 21 16` -> `21 16 5`)
+    and the next first two are combined: n rotations of n numbers pair every two neighbours on a circle, which is
+    every pair of 3 numbers; the pairs of more numbers that are never neighbours follow, each written first with the
+    other numbers after it in the problem's order (`a c b d`, `b d a c` for 4 numbers). So the next move to try is
+    always read off the line just above it: the next operation on the first two numbers of the undo line, or after a
+    product the first two numbers of a rotated copy of it."""
+    numbers = tuple(numbers)
+    n = len(numbers)
+    orders = [numbers[k:] + numbers[:k] for k in range(n)]
+    neighbours = {frozenset(((k % n), ((k + 1) % n))) for k in range(n)}
+    for i in range(n):
+        for j in range(i + 1, n):
+            if frozenset((i, j)) not in neighbours:
+                orders.append((numbers[i], numbers[j]) + tuple(x for k, x in enumerate(numbers) if k not in (i, j)))
+    moves = []
+    for order in orders:
+        a, b, rest = order[0], order[1], order[2:]
+        for op, x, y in (("+", a, b), ("-", max(a, b), min(a, b)), ("*", a, b)):
+            value = combine(x, op, y)
+            if value is not None:
+                moves.append((order, (x, op, y, value, rest + (value,))))
     return moves
 
 
-def _move_score(left, target):
-    """The heuristic (smaller is better): how far the number left nearest the target is from it, relative to the
-    target. It is what a person eyes first ("44 is near 63"); it is noisy (search_solve) so that traces vary."""
-    return min(abs(target - n) for n in left) / target
+def chain_moves(state):
+    """The moves that combine the number made last (the last of `state`) with one of the others: the sum, the larger
+    minus the smaller, the product -> [(a, op, b, value, numbers_left)], the number made last written first."""
+    newest, others = state[-1], state[:-1]
+    moves = []
+    for i, other in enumerate(others):
+        rest = others[:i] + others[i + 1:]
+        for op, x, y in (("+", newest, other), ("-", max(newest, other), min(newest, other)), ("*", newest, other)):
+            value = combine(x, op, y)
+            if value is not None:
+                moves.append((x, op, y, value, rest + (value,)))
+    return moves
 
 
-def search_solve(problem, products="digits", max_dead_ends=MAX_DEAD_ENDS, complete=None):
-    """A search trace: a depth-first search written out as the thinking (trace.py shows the bytes) -> (lines, answer).
+def _nearness(move, target):
+    """How far the number left nearest the target is from it, relative to the target (smaller is nearer)."""
+    return min(abs(target - n) for n in move[4]) / target
 
-    Two orders of moves. A problem of at most COMPLETE_SEARCH numbers is searched completely in the fixed order
-    (fixed_order_moves): every move of the problem is tried, one after the other, until one reaches the target, so
-    the trace always ends there and what to try after a dead end is a rule, not a guess. A larger problem has too
-    many moves for that (a complete search of 4 numbers averages about 1700 tokens): its moves are tried in the order
-    of a noisy heuristic (_move_score); a state below the problem itself is given up after INNER_BREADTH moves; after
-    max_dead_ends dead ends the search is led: it only takes moves from which the target can still be reached (the
-    exact solver decides), so every trace ends at the target and stays inside the context. Moves whose result
-    exceeds MAX_SEARCH_VALUE are not tried before that. In both, with two numbers left only the move whose result is
-    nearest the target is written (the inline check: it either makes the target or it does not), and the undo line
-    back to a state is written just before its next move is tried, so one undo line ends each dead end and names the
-    state the search returns to. `complete` forces the order (None: by the problem's size). Deterministic for a
-    problem: the noise is seeded by its text."""
+
+def probe_move(state, target, rng):
+    """The next move of a probe (search_solve) from a state below the problem itself. With two numbers left, the move
+    whose result is nearest the target: the check, which makes the target whenever one move can. With more, a chain
+    move (chain_moves) from which the target can still be reached, chosen at random among those (the exact solver
+    decides); when there is none, the chain move that leaves a number nearest the target."""
+    moves = chain_moves(state)
+    if len(state) == 2:
+        return min(moves, key=lambda m: abs(target - m[3]))
+    alive = [m for m in moves if is_reachable(m[4], target)]
+    return rng.choice(alive) if alive else min(moves, key=lambda m: _nearness(m, target))
+
+
+def chain_answer(path):
+    """The answer expression of a chain of moves, each after the first using the number the one before made; every
+    number made is written in brackets where it is used: `4+8`, `(4+8)*2`, `30-((4+8)*2)`."""
+    a, op, b, value, _ = path[0]
+    text, made = f"{a}{op}{b}", value
+    for a, op, b, value, _ in path[1:]:
+        text = f"({text}){op}{b}" if a == made else f"{a}{op}({text})"
+        made = value
+    return text
+
+
+def search_solve(problem, products="digits"):
+    """A search trace: the search written out as the thinking (trace.py shows the bytes) -> (lines, answer).
+
+    The moves from the problem itself are tried one after the other in the order of root_moves. Below each, a probe:
+    one path of chain moves to a single number (probe_move), the last of them the check against the target. When it
+    misses, an undo line names the move given up and the problem's numbers in the order of the next move, and the
+    next move is tried; when it hits, the thinking ends and the answer is the path's chain (chain_answer). Every dead
+    end of the trace is a real one (a miss that the check saw) and the probe below a move that can still reach the
+    target always reaches it: the teacher knows (the solver), the model learns to guess it. A problem whose every
+    solution needs two numbers made apart (`(a+b)*(c+d)`, about 5% of 4-number ones) is not found by chains: after
+    the last root move it is solved straight from the problem (shortest_solution). Deterministic for a problem."""
     numbers, target = parse_numbers(problem.text)
     if not is_reachable(numbers, target):
         raise ProblemError(f"{problem.text} has no solution")
-    if complete is None:
-        complete = len(numbers) <= COMPLETE_SEARCH
-    rng = random.Random("search " + problem.text)
-    lines, dead_ends = [], 0
-
-    def ordered_moves(state):
-        if complete:
-            ordered = fixed_order_moves(state)
-        else:
-            moves = [(a, op, b, value, _remove_pair(state, i, j) + (value,)) for i, j, a, op, b, value in _moves(state)]
-            if dead_ends >= max_dead_ends:  # led: only moves that keep the target reachable, whatever their size
-                moves = [m for m in moves if is_reachable(m[4], target)]
-            else:
-                moves = [m for m in moves if m[3] <= MAX_SEARCH_VALUE]
-            scored = sorted((_move_score(m[4], target) * rng.uniform(1 - NOISE, 1 + NOISE), k, m)
-                            for k, m in enumerate(moves))
-            ordered = [m for _, _, m in scored]
-        if len(state) == 2:  # the inline check: only the move nearest the target
-            ordered = sorted(ordered, key=lambda m: abs(target - m[3]))[:1]
-        return ordered
-
-    def dfs(state, path, is_root):
-        """The path of moves to the target below `state`, or None when the search gives `state` up."""
-        nonlocal dead_ends
-        if target in state and path:
-            return path
-        if len(state) == 1:
-            return None
-        tried = 0
-        for a, op, b, value, left in ordered_moves(state):
-            is_led = not complete and dead_ends >= max_dead_ends
-            if is_led and not is_reachable(left, target):
-                continue  # the move was ordered before the search was led
-            if not complete and not is_root and tried == INNER_BREADTH and not is_led:
-                break
-            if tried:
-                lines.append(undo_line(_state_text(state)))
-            tried += 1
-            lines.append(move_text(a, op, b, value, left, products))
-            found = dfs(left, path + [(a, op, b, value, left)], False)
-            if found is not None:
-                return found
-            dead_ends += 1
-        return None
-
-    solution = dfs(tuple(numbers), [], True)
-    if solution is None:  # every move failed before the cap (or needs a number over MAX_SEARCH_VALUE): search it led
-        return search_solve(problem, products, max_dead_ends=0, complete=False)
-    _, answer = _write_steps(numbers, solution, products)
-    return lines, answer
+    lines, tried = [], None
+    for order, (a, op, b, value, left) in root_moves(numbers):
+        if tried is not None:
+            lines.append(undo_line(_state_text(order), tried))
+        tried = f"{a}{op}{b}"
+        rng = random.Random(f"probe {problem.text} {tried}")
+        path, state = [(a, op, b, value, left)], left
+        lines.append(move_text(a, op, b, value, left, products))
+        while target not in state and len(state) > 1:
+            path.append(probe_move(state, target, rng))
+            lines.append(move_text(*path[-1], products))
+            state = path[-1][4]
+        if target in state:
+            return lines, chain_answer(path)
+    lines.append(undo_line(_state_text(numbers), tried))
+    steps, answer = _write_steps(numbers, shortest_solution(numbers, target, random.Random(problem.text)), products)
+    return lines + steps, answer
 
 
 def check_step(numbers, line):
@@ -409,13 +416,25 @@ def has_wrong_arithmetic(line):
 
 
 def check_undo(reached, line):
-    """Is the undo `line` a return to a state in `reached` (a list of Counters)? -> (is_legal, reason, numbers)."""
+    """Is the undo `line` a return to a state in `reached` (a list of Counters), and the move it names (if any) a
+    legal move from that state? -> (is_legal, reason, numbers). Never raises."""
     words = undone_state(line).split()
     if not words or not all(w.isascii() and w.isdigit() and len(w) <= 12 for w in words):
-        return False, "an undo line names numbers: 'undo;3 7 6'", None
+        return False, "an undo line names numbers: 'undo 3+7;3 7 6'", None
     numbers = tuple(int(w) for w in words)
     if Counter(numbers) not in reached:
         return False, f"undo to {' '.join(words)}: a state the thinking never reached", None
+    move = undone_move(line)
+    if move is not None:
+        try:
+            tree = expr.parse(move)
+        except expr.ExprError as error:
+            return False, f"the move undone is not a move ({error})", None
+        if expr.count_ops(tree) != 1 or tree[1][0] != "num" or tree[2][0] != "num":
+            return False, "the move undone combines two numbers: 'undo 3+7;3 7 6'", None
+        a, b = tree[1][1], tree[2][1]
+        if combine(a, tree[0], b) is None or Counter([a, b]) - Counter(numbers):
+            return False, f"undo {move}: not a move from {' '.join(words)}", None
     return True, "", numbers
 
 

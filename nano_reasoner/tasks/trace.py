@@ -27,28 +27,34 @@ addition with several times fewer examples; here it about doubled the accuracy t
 reaches in its 10 minutes (README). The final answer keeps the usual order. An arith problem is typed in the
 usual order too, but the prompt shows it to the model units digit first: the first step copies the rest of the
 expression, and a copy that had to reverse every number on the way caused a third of the failures on problems with
-2-4 operations (README, stage 2). Countdown prompts are shown as typed. `flip_digits` turns a step from one order to
-the other (it is its own inverse); the task files check steps in reading order, and tasks/__init__.py flips between
-the two.
+2-4 operations (README, stage 2). A countdown problem is shown units digit first for the same reason (`19 18 5 ->
+77` is shown `91 81 5 -> 77`): a state copies the numbers, and a search compares each number it makes with the
+target, a plain comparison only when both are written in the same order (docs/reasoning_log.md measures it).
+`flip_digits` turns a step from one order to the other (it is its own inverse); the task files check steps in
+reading order, and tasks/__init__.py flips between the two.
 
 Thinking that searches. Besides straight traces (one step after another to the answer), two trace kinds let the
-model go back inside its own thinking, with one more kind of line, the undo line `undo;<state>`: it abandons the
-state the thinking is in and returns to `<state>`, written exactly as a step writes the state it leaves, which must
-be a state the trace really reached (the problem itself, or the state after an earlier legal step). Exact bytes, in
-reading order (the model writes the digits of both kinds of line units first, as above):
+model go back inside its own thinking, with one more kind of line, the undo line `undo <move>;<state>` (or
+`undo;<state>`): it gives up the move named and returns to `<state>`, written exactly as a step writes the state it
+leaves, which must be a state the trace really reached (the problem itself, or the state after an earlier legal
+step; its numbers in any order). Exact bytes, in reading order (the model writes the digits of both kinds of line
+units first, as above):
 
-    countdown: 19 18 5 -> 77           a search trace (countdown.search_solve): a depth-first search
-    <think>
-    18*5=10*5+8*5=50+40=90;19 90       a move (a product worked through single digits), the numbers left
-    90-19=71;71                        one number left and it is not 77: a dead end
-    undo;19 18 5                       back to the state named: here the problem itself
-    18+5=23;19 23                      attempt 2
-    19+23=42;42
-    undo;19 18 5
-    19*5=10*5+9*5=50+45=95;18 95       attempt 3
-    95-18=77;77
+    countdown: 4 8 16 -> 48            a search trace (countdown.search_solve): the moves from the problem are
+    <think>                            tried in a fixed order (countdown.root_moves: the first two numbers, +, the
+    4+8=12;16 12                       larger minus the smaller, *, then the numbers rotated left)
+    12+16=28;28                        below it a probe to one number; 28 is not 48: a miss
+    undo 4+8;4 8 16                    give 4+8 up, back to the numbers in the order of the next move
+    8-4=4;16 4                         attempt 2, the next move in the order
+    4*16=4*10+4*6=40+24=64;64          a product worked through single digits; 64 is not 48
+    undo 8-4;4 8 16
+    4*8=32;16 32                       attempt 3
+    32+16=48;48                        the check hits the target: the thinking ends
     </think>
-    19*5-18                            the answer: the expression of the path that reached the target
+    (4*8)+16                           the answer: the path's moves, every number made in brackets
+
+    (With 4 numbers the probe makes two moves: the number made last with one of the others, then the check.
+    countdown.search_solve says how the probe is chosen.)
 
     arith: 12+34*5                     a retry trace (arith.retry_solve): at a share of the steps a plausible
     <think>                            slip (here a wrong leading digit), an undo line back to the expression
@@ -105,9 +111,9 @@ class Verdict:
 
 
 def shown_problem(problem):
-    """The problem as the prompt shows it. An arith problem is shown units digit first (`7+38*2-15` -> `7+83*2-51`),
-    the order of the thinking, so that the first step's copy of the expression is a plain copy."""
-    return flip_digits(problem.text) if problem.task == "arith" else problem.text
+    """The problem as the prompt shows it: units digit first (`7+38*2-15` -> `7+83*2-51`, `19 18 5 -> 77` ->
+    `91 81 5 -> 77`), the order of the thinking, so that copying a number or comparing one is plain."""
+    return flip_digits(problem.text)
 
 
 def format_prompt(problem):
@@ -134,14 +140,23 @@ def flip_thinking(completion):
     return "\n".join([flip_digits(line) for line in lines[:end]] + lines[end:])
 
 
-def undo_line(state_text):
-    return f"{UNDO};{state_text}"
+def undo_line(state_text, move_text=None):
+    """`undo;<state>`, or `undo <move>;<state>` when it names the move it gives up."""
+    return f"{UNDO};{state_text}" if move_text is None else f"{UNDO} {move_text};{state_text}"
 
 
 def undone_state(line):
-    """The state an undo line names (text), or None when the line is not an undo line."""
-    prefix = UNDO + ";"
-    return line[len(prefix):] if line.startswith(prefix) else None
+    """The state an undo line returns to (text), or None when the line is not an undo line."""
+    if not (line.startswith(UNDO + ";") or line.startswith(UNDO + " ")) or ";" not in line:
+        return None
+    return line.split(";", 1)[1]
+
+
+def undone_move(line):
+    """The move an undo line gives up (text), or None when it names none (or is not an undo line)."""
+    if undone_state(line) is None or not line.startswith(UNDO + " "):
+        return None
+    return line[len(UNDO) + 1:line.index(";")]
 
 
 def to_text(data):
