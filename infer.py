@@ -74,6 +74,9 @@ def parse_args():
     parser.add_argument("--scaling", action="store_true", help="run the test-time scaling sweep on held-out problems")
     parser.add_argument("--orm", default="runs/tiny/prm/orm.pt", help="ORM checkpoint for the sweep (default runs/tiny/prm/orm.pt)")
     parser.add_argument("--scaling-problems", type=int, default=48, help="held-out problems per task in the sweep (default 48)")
+    parser.add_argument("--scaling-budgets", default="1,2,4,8,16,32,64",
+                        help="budgets of the sweep in samples' worth, comma separated, 16 among them (default "
+                        "1,2,4,8,16,32,64)")
     parser.add_argument("--scaling-out", default=None, help="sweep folder (default: scaling/ beside the policy's run folder)")
     args = parser.parse_args()
     if args.scaling:
@@ -81,6 +84,13 @@ def parse_args():
             raise UserError("--scaling runs on held-out problems: give no problem and no --problems")
         if not args.verifier:
             raise UserError("--scaling needs a PRM: pass --verifier runs/tiny/prm/ckpt.pt")
+        try:
+            args.scaling_budgets = tuple(sorted({int(b) for b in args.scaling_budgets.split(",")}))
+        except ValueError:
+            raise UserError(f"--scaling-budgets {args.scaling_budgets}: give whole numbers, comma separated, such as "
+                            f"1,2,4,8,16") from None
+        if args.scaling_budgets[0] < 1 or 16 not in args.scaling_budgets:
+            raise UserError("--scaling-budgets: every budget must be >= 1, and 16 among them (the headline budget)")
         if args.scaling_problems <= 0:
             raise UserError("--scaling-problems must be positive")
     else:
@@ -177,7 +187,8 @@ def run_scaling(args, model, tokenizer, device):
     started, records, plot_files = time.time(), [], {}
     for task in task_names:
         records += scaling.sweep_task(task, model, tokenizer, held_out[task], prm_verifier, orm_verifier,
-                                      temperature=args.temperature, seed=args.seed, mcts_options=mcts_options)
+                                      budgets=args.scaling_budgets, temperature=args.temperature, seed=args.seed,
+                                      mcts_options=mcts_options)
         plot_files[task] = f"scaling_{task}.png"
         scaling.plot_task(records, task, os.path.join(out_dir, plot_files[task]))
     seconds = time.time() - started
@@ -185,7 +196,7 @@ def run_scaling(args, model, tokenizer, device):
     with open(os.path.join(out_dir, "metrics.jsonl"), "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
     markdown = scaling.report_markdown(records, task_names, {t: f"scaling/{p}" for t, p in plot_files.items()},
-                                       seconds, args.scaling_problems)
+                                       seconds, args.scaling_problems, args.scaling_budgets)
     with open(os.path.join(out_dir, "scaling.md"), "w") as f:
         f.write(markdown)
     write_report_section(os.path.join(os.path.dirname(out_dir), "report.md"), "scaling", markdown)

@@ -17,14 +17,15 @@ import sys
 import time
 
 
+# the sweep on the tiny reasoner: its traces are ~4x longer than a straight policy's, so fewer problems and budgets
+SCALING_TINY = ["--scaling-problems", "32", "--scaling-budgets", "1,2,4,8,16"]
 REASON_ARITH_TRACES = "straight"  # retry traces cost 3-operation arith 7 points (docs/reasoning_log.md)
 
 
 def stages(preset, run_dir):
     """(name, command, the file a stage writes last, which marks it done)."""
     pretrain = os.path.join(run_dir, "pretrain", "ckpt.pt")
-    # the reasoner (train_pretrain.py --init). The verifiers, RL and the sweep still read the pre-trained policy: their
-    # 10-minute budgets are measured on its short traces, not yet on the reasoner's 2-3x longer ones (issue 16)
+    # the reasoner (train_pretrain.py --init): from here on the verifiers, RL and the sweep use it
     reason = os.path.join(run_dir, "reason", "ckpt.pt")
     prm = os.path.join(run_dir, "prm", "ckpt.pt")
     planned = [
@@ -33,12 +34,13 @@ def stages(preset, run_dir):
         ("reason", ["train_pretrain.py", "--preset", preset, "--init", pretrain, "--countdown-traces", "search",
                     "--arith-traces", REASON_ARITH_TRACES, "--out", os.path.dirname(reason)],
          os.path.join(run_dir, "reason", "eval.json")),
-        ("prm", ["train_prm.py", "--preset", preset, "--policy", pretrain, "--out", os.path.dirname(prm)],
+        ("prm", ["train_prm.py", "--preset", preset, "--policy", reason, "--out", os.path.dirname(prm)],
          os.path.join(run_dir, "prm", "eval.json")),
-        ("rl", ["train_rl.py", "--preset", preset, "--init", pretrain, "--out", os.path.join(run_dir, "rl")],
+        ("rl", ["train_rl.py", "--preset", preset, "--init", reason, "--out", os.path.join(run_dir, "rl")],
          os.path.join(run_dir, "rl", "eval.json")),
-        ("scaling", ["infer.py", "--scaling", "--ckpt", pretrain, "--verifier", prm,
-                     "--orm", os.path.join(run_dir, "prm", "orm.pt"), "--scaling-out", os.path.join(run_dir, "scaling")],
+        ("scaling", ["infer.py", "--scaling", "--ckpt", reason, "--verifier", prm,
+                     "--orm", os.path.join(run_dir, "prm", "orm.pt"), "--scaling-out", os.path.join(run_dir, "scaling")]
+         + (SCALING_TINY if preset == "tiny" else []),
          os.path.join(run_dir, "scaling", "scaling.md")),
     ]
     return planned

@@ -46,12 +46,13 @@ from nano_reasoner.evaluate import EVAL_DIFFICULTIES, held_out_problems
 
 PRESETS = {
     #        problems per task, policy samples per problem, steps, batch, lr, held-out problems per task
-    "tiny": dict(train_problems=150, samples_per_problem=4, steps=200, batch_size=32, lr=1e-3, eval_problems=100,
-                 agreement_problems=25),
+    # tiny: the reasoner's traces are long and its Monte-Carlo rollouts run ~20 per second on 2 cores, so few problems
+    "tiny": dict(train_problems=16, samples_per_problem=4, steps=150, batch_size=16, lr=1e-3, eval_problems=24,
+                 agreement_problems=3, max_n=32),
     "small": dict(train_problems=2000, samples_per_problem=8, steps=2000, batch_size=64, lr=5e-4, eval_problems=500,
-                  agreement_problems=100),
+                  agreement_problems=100, max_n=64),
     "base": dict(train_problems=5000, samples_per_problem=8, steps=4000, batch_size=128, lr=3e-4, eval_problems=500,
-                 agreement_problems=200),
+                 agreement_problems=200, max_n=64),
 }
 AGREEMENT_KS = (1, 4, 16)
 
@@ -89,7 +90,7 @@ def parse_args(argv=None):
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
     # evaluation and output
     parser.add_argument("--eval-problems", type=int, help="held-out problems per task for best-of-N and AUROC (preset)")
-    parser.add_argument("--max-n", type=int, default=64, help="largest N of best-of-N, a power of 2 (default 64)")
+    parser.add_argument("--max-n", type=int, help="largest N of best-of-N, a power of 2 (preset; tiny 32)")
     parser.add_argument("--auroc-samples", type=int, default=4, help="solutions per held-out problem scored for "
                         "step-level AUROC (default 4)")
     parser.add_argument("--agreement-problems", type=int, help="held-out problems per task for the Monte-Carlo "

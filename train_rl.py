@@ -31,9 +31,13 @@ from nano_reasoner.evaluate import EVAL_DIFFICULTIES, held_out_problems
 
 PRESETS = {
     #        steps, prompts per step, G, lr, mu, completion budget, pass@k
-    "tiny": dict(steps=72, prompts_per_step=64, group_size=8, lr=5e-5, inner_updates=2, max_new_tokens=200, pass_k=8),
-    "small": dict(steps=300, prompts_per_step=64, group_size=16, lr=1e-4, inner_updates=2, max_new_tokens=240, pass_k=16),
-    "base": dict(steps=600, prompts_per_step=128, group_size=16, lr=5e-5, inner_updates=2, max_new_tokens=240, pass_k=16),
+    # tiny: the reasoner's search traces run to ~500 tokens, so fewer, smaller steps than a straight policy needs
+    "tiny": dict(steps=30, prompts_per_step=16, group_size=8, lr=5e-5, inner_updates=2, max_new_tokens=480, pass_k=8,
+                 eval_problems=200),
+    "small": dict(steps=300, prompts_per_step=64, group_size=16, lr=1e-4, inner_updates=2, max_new_tokens=480, pass_k=16,
+                  eval_problems=500),
+    "base": dict(steps=600, prompts_per_step=128, group_size=16, lr=5e-5, inner_updates=2, max_new_tokens=480, pass_k=16,
+                 eval_problems=500),
 }
 EXAMPLES_KEPT = 3  # reward-hack attempts kept for the report
 
@@ -69,7 +73,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=5, help="linear warmup steps (default 5)")
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
     # evaluation and output
-    parser.add_argument("--eval-problems", type=int, default=500, help="held-out problems per task for greedy accuracy (default 500)")
+    parser.add_argument("--eval-problems", type=int, help="held-out problems per task for greedy accuracy (preset; tiny 200)")
     parser.add_argument("--pass-k", type=int, help="k of pass@k, sampled at temperature 1 (preset)")
     parser.add_argument("--pass-k-problems", type=int, default=50, help="held-out problems per task for pass@k, the first of the greedy ones (default 50)")
     parser.add_argument("--log-every", type=int, default=1, help="steps between progress lines (default 1)")

@@ -164,11 +164,11 @@ def compute_optimal_rows(records, task, budgets=BUDGETS):
     return headers, rows
 
 
-def efficiency(records, task):
+def efficiency(records, task, budgets=BUDGETS):
     """The "4x" check: the cheapest point (any strategy) that reaches the accuracy of majority vote or ORM
     best-of-N at their largest budget -> dict, or None when nothing reaches it."""
     reference = max((r for r in records if r["task"] == task and r["difficulty"] == "all"
-                     and r["strategy"] in ("vote", "bon-orm") and r["budget"] == max(BUDGETS)),
+                     and r["strategy"] in ("vote", "bon-orm") and r["budget"] == max(budgets)),
                     key=lambda r: r["accuracy"], default=None)
     if reference is None:
         return None
@@ -190,9 +190,9 @@ def headline(records, task, budget=16):
             for name in ("greedy", "bon-prm", "beam", "mcts", "mcts-prm", "check") if name in pick}
 
 
-def report_markdown(records, task_names, plot_files, seconds, num_problems):
+def report_markdown(records, task_names, plot_files, seconds, num_problems, budgets=BUDGETS):
     lines = ["## Test-time compute: strategies at equal FLOPs", "",
-             f"{num_problems} held-out problems per task; budgets {', '.join(map(str, BUDGETS))} samples' worth; "
+             f"{num_problems} held-out problems per task; budgets {', '.join(map(str, budgets))} samples' worth; "
              f"the sweep took {seconds / 60:.1f} min. Each accuracy has a standard error of up to "
              f"{50 / num_problems ** 0.5:.0f} points on all problems (more per difficulty bin).", ""]
     for task in task_names:
@@ -201,10 +201,10 @@ def report_markdown(records, task_names, plot_files, seconds, num_problems):
         lines.append(markdown_table(["strategy (budget 16)", "accuracy", "FLOPs per problem"],
                                     [[name, f"{acc:.1%}", f"{flops:.3g}"] for name, (acc, flops) in heads.items()]))
         lines.append("")
-        headers, rows = compute_optimal_rows(records, task)
+        headers, rows = compute_optimal_rows(records, task, budgets)
         lines += ["Compute-optimal strategy per difficulty (the best accuracy among all points that spent at most "
                   "the FLOPs of best-of-N by PRM at N samples):", "", markdown_table(headers, rows), ""]
-        result = efficiency(records, task)
+        result = efficiency(records, task, budgets)
         if result:
             lines.append(f"Efficiency: {result['reference']} reaches {result['reference_accuracy']:.1%} at "
                          f"{result['reference_flops']:.3g} FLOPs; {result['cheapest']} reaches "
