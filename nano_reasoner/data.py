@@ -65,7 +65,9 @@ def decision_weights(targets, decision_ids, weight):
     In a search trace almost every token is copying or arithmetic; the few that decide what the search does next are
     the first token after a checked state, `</think>` (the target is made: stop) or the undo marker (it is not: go
     back). A model that gets the arithmetic right but these wrong stops on a miss or walks past a hit, so their loss
-    can be weighted up: a larger share of the gradient goes to the comparison with the target."""
+    can be weighted up: a larger share of the gradient goes to the comparison with the target. (A plain cousin of
+    Rho-1's selective language modelling, Lin et al., "Not All Tokens Are What You Need", arXiv 2404.07965, which
+    spends the loss on the tokens that matter; here we know which ones they are.)"""
     is_decision = torch.zeros_like(targets, dtype=torch.bool)
     for token_id in decision_ids:
         is_decision |= targets == token_id
