@@ -275,7 +275,7 @@ def root_moves(numbers):
     numbers = tuple(numbers)
     n = len(numbers)
     orders = [numbers[k:] + numbers[:k] for k in range(n)]
-    neighbours = {frozenset(((k % n), ((k + 1) % n))) for k in range(n)}
+    neighbours = {frozenset((k, (k + 1) % n)) for k in range(n)}
     for i in range(n):
         for j in range(i + 1, n):
             if frozenset((i, j)) not in neighbours:
