@@ -45,23 +45,28 @@ from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
 PRESETS = {
     #        layers, embd, heads, block, batch, steps, lr, problems per task, arith operations in training, weight average
     "tiny": dict(n_layer=4, n_embd=128, n_head=4, block_size=320, batch_size=16, steps=8000, lr=1e-3, train_problems=40000,
-                 arith_difficulties="1-3,1-3,4", ema=0.995, countdown_products="once", decision_weight=1.0),
+                 arith_difficulties="1-3,1-3,4", ema=0.995, countdown_products="once", decision_weight=1.0,
+                 bucket_batches=4, arith_ratio=1.0),
     "small": dict(n_layer=6, n_embd=256, n_head=8, block_size=320, batch_size=128, steps=6000, lr=1e-3, train_problems=200000,
-                  arith_difficulties="1-3", ema=0.0, countdown_products="once", decision_weight=1.0),
+                  arith_difficulties="1-3", ema=0.0, countdown_products="once", decision_weight=1.0,
+                  bucket_batches=4, arith_ratio=1.0),
     "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000,
-                 arith_difficulties="1-3", ema=0.0, countdown_products="once", decision_weight=1.0),
+                 arith_difficulties="1-3", ema=0.0, countdown_products="once", decision_weight=1.0,
+                  bucket_batches=4, arith_ratio=1.0),
 }
 
 
 # fine-tuning (--init): longer context for traces that search, fewer steps, a lower peak learning rate, the decision
-# tokens weighted up (data.decision_weights: 48.6% countdown against 33.8% unweighted, docs/reasoning_log.md)
+# tokens weighted up (data.decision_weights: 48.6% countdown against 33.8% unweighted, docs/reasoning_log.md), long
+# length buckets (a search trace runs 60 to 512 tokens: 36% of the compute of buckets of 4 batches was padding, 11% of
+# buckets of 16), and two arith traces per countdown trace (short ones: +9 points arith for the same time)
 FINETUNE_PRESETS = {
-    "tiny": dict(block_size=512, batch_size=16, steps=2400, lr=5e-4, train_problems=20000, ema=0.995,
-                 countdown_products="digits", decision_weight=4.0),
-    "small": dict(block_size=512, batch_size=128, steps=3000, lr=5e-4, train_problems=100000, ema=0.0,
-                  countdown_products="digits", decision_weight=4.0),
-    "base": dict(block_size=512, batch_size=128, steps=6000, lr=3e-4, train_problems=200000, ema=0.0,
-                 countdown_products="digits", decision_weight=4.0),
+    "tiny": dict(block_size=512, batch_size=16, steps=3600, lr=5e-4, train_problems=20000, ema=0.995,
+                 countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
+    "small": dict(block_size=512, batch_size=128, steps=4500, lr=5e-4, train_problems=100000, ema=0.0,
+                  countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
+    "base": dict(block_size=512, batch_size=128, steps=9000, lr=3e-4, train_problems=200000, ema=0.0,
+                 countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
 }
 
 
@@ -79,6 +84,9 @@ def parse_args(argv=None):
     parser.add_argument("--block-size", type=int, help="context length in tokens (preset)")
     # data
     parser.add_argument("--train-problems", type=int, help="distinct training problems per task (preset)")
+    parser.add_argument("--arith-ratio", type=float, help="arith training problems per countdown problem (preset; "
+                        "pre-training 1, fine-tuning 2: arith traces are short, so a third of the time buys two thirds "
+                        "of the batches)")
     parser.add_argument("--arith-difficulties", help="operations per arith training problem, a value listed twice is "
                         "drawn twice as often (preset; tiny: 1-3,1-3,4, so 4 operations are drawn one time in seven)")
     parser.add_argument("--countdown-difficulties", default="3-4", help="numbers per countdown training problem (default 3-4)")
@@ -102,6 +110,8 @@ def parse_args(argv=None):
     # optimization
     parser.add_argument("--steps", type=int, help="optimizer steps (preset)")
     parser.add_argument("--batch-size", type=int, help="sequences per step (preset)")
+    parser.add_argument("--bucket-batches", type=int, help="batches per length bucket: more waste less compute on "
+                        "padding, fewer mix tasks and lengths within a stretch of steps (data.batches; preset)")
     parser.add_argument("--lr", type=float, help="peak learning rate (preset)")
     parser.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
@@ -121,7 +131,7 @@ def parse_args(argv=None):
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("steps", "batch_size", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
+    for key in ("steps", "batch_size", "bucket_batches", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
         if getattr(args, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive")
     if args.n_embd % args.n_head or (args.n_embd // args.n_head) % 2:
@@ -137,6 +147,8 @@ def parse_args(argv=None):
         raise UserError("--warmup must be >= 0")
     if not 0 <= args.retry_share <= 1:
         raise UserError("--retry-share must be a number in [0, 1]: the share of arith steps that slip first")
+    if not 0 < args.arith_ratio <= 100:
+        raise UserError("--arith-ratio must be a number in (0, 100]: arith training problems per countdown problem")
     if not 1 <= args.decision_weight < float("inf"):
         raise UserError("--decision-weight must be a number >= 1: the loss weight of the stop / go-back tokens")
     if not 0 <= args.ema < 1:
@@ -155,9 +167,9 @@ def training_problems(args, held_out):
             raise UserError(f"--{task}-difficulties {values}: {task} difficulties lie in {allowed[0]}-{allowed[-1]}")
     problems = []
     for i, task in enumerate(tasks.TASKS):
-        seen = set()
-        for p in tasks.generate(task, int(args.train_problems * 1.1) + 100, seed=args.seed + i, difficulties=difficulties[task]):
-            if p.text not in seen and p.text not in held_out_texts and len(seen) < args.train_problems:
+        seen, wanted = set(), round(args.train_problems * (args.arith_ratio if task == "arith" else 1.0))
+        for p in tasks.generate(task, int(wanted * 1.1) + 100, seed=args.seed + i, difficulties=difficulties[task]):
+            if p.text not in seen and p.text not in held_out_texts and len(seen) < wanted:
                 seen.add(p.text)
                 problems.append(p)
     return problems
@@ -307,7 +319,7 @@ def main():
 
     decision_ids = [tokenizer.end_think_id, tokenizer.encode(tasks.UNDO)[0]]  # stop, or go back (data.decision_weights)
     # the batch stream is a pure function of the seed, so a resumed run skips the batches it already took
-    stream = batches(examples, args.batch_size, seed=args.seed)
+    stream = batches(examples, args.batch_size, seed=args.seed, bucket_batches=args.bucket_batches)
     for _ in range(step):
         next(stream)
     interrupted = False

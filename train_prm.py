@@ -48,7 +48,7 @@ PRESETS = {
     #        problems per task, policy samples per problem, steps, batch, lr, held-out problems per task
     # tiny: the reasoner's traces are long and its Monte-Carlo rollouts run ~20 per second on 2 cores, so few problems
     "tiny": dict(train_problems=16, samples_per_problem=4, steps=150, batch_size=16, lr=1e-3, eval_problems=24,
-                 agreement_problems=3, max_n=32),
+                 agreement_problems=3, max_n=16),
     "small": dict(train_problems=2000, samples_per_problem=8, steps=2000, batch_size=64, lr=5e-4, eval_problems=500,
                   agreement_problems=100, max_n=64),
     "base": dict(train_problems=5000, samples_per_problem=8, steps=4000, batch_size=128, lr=3e-4, eval_problems=500,

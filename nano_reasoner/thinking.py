@@ -46,7 +46,7 @@ def thinking_tokens(tokens, end_think_id):
 class ThinkingStats:
     moves: int = 0               # step lines
     undo_lines: int = 0          # dead ends the model noticed and left
-    bad_undo_lines: int = 0      # undo lines to a state the thinking never reached
+    bad_undo_lines: int = 0      # undo lines to a state never reached, or naming a move never tried from it
     repeated_moves: int = 0      # a move already tried from the same numbers
     wrong_arithmetic: int = 0    # moves whose own arithmetic is wrong
 
@@ -56,16 +56,17 @@ def analyse(problem, completion):
     assert problem.task == "countdown", "the analysis reads countdown traces"
     steps = [tasks.flip_digits(step) for step in tasks.parse_completion(completion).steps]
     numbers, _ = countdown.parse_numbers(problem.text)
-    current, reached, tried = numbers, [Counter(numbers)], set()
+    current, reached, tried, tried_lines = numbers, [Counter(numbers)], set(), set()
     stats = ThinkingStats()
     for line in steps:
         if tasks.undone_state(line) is not None:
             stats.undo_lines += 1
-            is_legal, _, current = countdown.check_undo(reached, line)
+            is_legal, _, current = countdown.check_undo(reached, line, tried_lines)
             stats.bad_undo_lines += not is_legal
         else:
             stats.moves += 1
             stats.wrong_arithmetic += countdown.has_wrong_arithmetic(line)
+            tried_lines.add(countdown.tried_move(current, line))
             if current is not None:
                 is_legal, _, after = countdown.check_step(current, line)
                 if is_legal:

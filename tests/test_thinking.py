@@ -128,13 +128,26 @@ def test_chain_answer_brackets_every_number_made():
         (12, "+", 2, 14), (12, "-", 2, 10), (12, "*", 2, 24), (12, "+", 30, 42), (30, "-", 12, 18), (12, "*", 30, 360)]
 
 
-def test_undo_lines_name_a_legal_move_from_the_state_they_return_to():
-    for line in ("undo 25*19;3 7 25 19", "undo;3 7 25 19"):
-        assert verdict(DEAD_END + line + "\n" + SOLUTION).is_correct
-    for line, why in (("undo 3*3;3 7 25 19", "not a move"), ("undo 3-7;3 7 25 19", "not a move"),
-                      ("undo 3+7+1;3 7 25 19", "combines two numbers"), ("undo x;3 7 25 19", "not a move")):
+def test_undo_lines_name_a_move_tried_from_the_state_they_return_to():
+    for line in ("undo 25+19;3 7 25 19", "undo 19+25;3 7 25 19", "undo;3 7 25 19"):  # DEAD_END tried 25+19 there
+        assert verdict(DEAD_END + line + "\n" + SOLUTION).is_correct, line
+    for line, why in (("undo 25*19;3 7 25 19", "never tried"), ("undo 3-7;3 7 25 19", "never tried"),
+                      ("undo 44+7;3 7 25 19", "never tried"),  # tried, but from 3 7 44, not from here
+                      ("undo 3+7+1;3 7 25 19", "not one move"), ("undo x;3 7 25 19", "not one move")):
         result = verdict(DEAD_END + line + "\n" + SOLUTION)
         assert not result.is_correct and why in result.reason, (line, result.reason)
+
+
+def test_an_illegal_attempt_undone_by_name_costs_nothing_but_a_claim_built_on_it_scores_zero():
+    # the model tries 19-25 (negative, not a move) and 25-19=7 (wrong arithmetic), notices, goes back naming each
+    slips = "19-25=6;3 7 6\nundo 19-25;3 7 25 19\n25-19=7;3 7 7\nundo 25-19;3 7 25 19\n"
+    result = verdict(slips + SOLUTION)
+    assert result.is_correct, result.reason
+    assert result.step_ok[:4] == [False, True, False, True]
+    # the same slips with the answer's path running through the illegal state score zero
+    assert not verdict("25-19=7;3 7 7\n7*7=49;3 49\n49+3=52;52\n</think>\n7*(25-19+3)").is_correct
+
+
     assert tasks.undone_move("undo 25*19;3 7 25 19") == "25*19" and tasks.undone_move("undo;3 7") is None
     assert tasks.undone_state("undo 25*19;3 7 25 19") == "3 7 25 19" and tasks.undone_state("undone;3") is None
 

@@ -415,9 +415,30 @@ def has_wrong_arithmetic(line):
     return any(expr.evaluate(link) != value for link in chain[1:])
 
 
-def check_undo(reached, line):
-    """Is the undo `line` a return to a state in `reached` (a list of Counters), and the move it names (if any) a
-    legal move from that state? -> (is_legal, reason, numbers). Never raises."""
+def tried_move(numbers, line):
+    """The move a move line tries from the state `numbers`, legal or not -> (state, op, a, b) with the state sorted and
+    a sum or product's numbers in order, or None when the line does not start with `a op b`. Never raises."""
+    if numbers is None or undone_state(line) is not None:
+        return None
+    try:
+        tree = expr.parse(line.split(";")[0].split("=")[0])
+    except expr.ExprError:
+        return None
+    if expr.count_ops(tree) != 1 or tree[1][0] != "num" or tree[2][0] != "num":
+        return None
+    a, b = tree[1][1], tree[2][1]
+    if tree[0] in "+*":
+        a, b = sorted((a, b))
+    return tuple(sorted(numbers)), tree[0], a, b
+
+
+def check_undo(reached, line, tried=()):
+    """Is the undo `line` a return to a state in `reached` (a list of Counters), and the move it names (if any) one the
+    thinking tried from that state (`tried`: tried_move of every move line so far)? -> (is_legal, reason, numbers).
+
+    The move named is the one given up, so it must have been tried, legal or not: an attempt `19-22=7` (illegal) then
+    `undo 19-22;19 22 16` is the search noticing its mistake and going back, which is what it is for; only the path
+    the answer comes from must be legal (_walk). Never raises."""
     words = undone_state(line).split()
     if not words or not all(w.isascii() and w.isdigit() and len(w) <= 12 for w in words):
         return False, "an undo line names numbers: 'undo 3+7;3 7 6'", None
@@ -426,32 +447,30 @@ def check_undo(reached, line):
         return False, f"undo to {' '.join(words)}: a state the thinking never reached", None
     move = undone_move(line)
     if move is not None:
-        try:
-            tree = expr.parse(move)
-        except expr.ExprError as error:
-            return False, f"the move undone is not a move ({error})", None
-        if expr.count_ops(tree) != 1 or tree[1][0] != "num" or tree[2][0] != "num":
-            return False, "the move undone combines two numbers: 'undo 3+7;3 7 6'", None
-        a, b = tree[1][1], tree[2][1]
-        if combine(a, tree[0], b) is None or Counter([a, b]) - Counter(numbers):
-            return False, f"undo {move}: not a move from {' '.join(words)}", None
+        named = tried_move(numbers, move + "=0;0")
+        if named is None:
+            return False, f"undo {move[:20]}: the move undone is not one move, 'undo 3+7;3 7 6'", None
+        if named not in tried:
+            return False, f"undo {move}: a move the thinking never tried from {' '.join(words)}", None
     return True, "", numbers
 
 
 def _walk(problem, lines):
     """Walk the lines (trace.py): per line (is_legal, reason, numbers_after, path_error), where numbers_after is the
     state the walk is in after the line (None once the current path holds an illegal line) and path_error names the
-    first illegal line of the current path ("" while it has none). An undo line returns to a state reached legally."""
+    first illegal line of the current path ("" while it has none). An undo line returns to a state reached legally and
+    names a move tried from it (check_undo)."""
     numbers, _ = parse_numbers(problem.text)
-    reached = [Counter(numbers)]
+    reached, tried = [Counter(numbers)], set()
     walk, path_error = [], ""
     for index, line in enumerate(lines):
         if undone_state(line) is not None:
-            result = check_undo(reached, line)
+            result = check_undo(reached, line, tried)
             path_error = "" if result[0] else f"step {index + 1}: {result[1]}"
         elif numbers is None:
             result = (False, "follows an illegal step", None)
         else:
+            tried.add(tried_move(numbers, line))
             result = check_step(numbers, line)
             if not result[0]:
                 path_error = f"step {index + 1}: {result[1]}"

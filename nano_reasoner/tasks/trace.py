@@ -66,8 +66,8 @@ units first, as above):
     182
 
 How the verifiers read them: the lines are walked in order, every step line is checked from the state the walk is
-in, and an undo line moves the walk to the state it names (or, when the trace never reached that state, is itself an
-illegal line). The answer is judged from where the walk ends: every line of the path that leads there must be
+in, and an undo line moves the walk to the state it names (or, when the trace never reached that state, or names a
+move the trace never tried from it, is itself an illegal line). The answer is judged from where the walk ends: every line of the path that leads there must be
 legal, while a wrong step that was undone costs nothing (Physics of Language Models 2.2, Ye et al., arXiv
 2408.16293, trains on such mistakes unmasked). So a countdown answer that reaches the target after an illegal move
 still scores zero, and an undo line cannot launder it: it can only return to a state reached legally. The exact
