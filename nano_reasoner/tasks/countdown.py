@@ -470,7 +470,7 @@ def _walk(problem, lines):
         elif numbers is None:
             result = (False, "follows an illegal step", None)
         else:
-            tried.add(tried_move(numbers, line))
+            tried.add(tried_move(numbers, line))  # None for a line that is not `a op b`: never matched
             result = check_step(numbers, line)
             if not result[0]:
                 path_error = f"step {index + 1}: {result[1]}"
