@@ -52,20 +52,21 @@ PRESETS = {
                   bucket_batches=4, arith_ratio=1.0),
     "base": dict(n_layer=8, n_embd=512, n_head=8, block_size=320, batch_size=128, steps=12000, lr=6e-4, train_problems=400000,
                  arith_difficulties="1-3", ema=0.0, countdown_products="once", decision_weight=1.0,
-                  bucket_batches=4, arith_ratio=1.0),
+                 bucket_batches=4, arith_ratio=1.0),
 }
 
 
 # fine-tuning (--init): longer context for traces that search, fewer steps, a lower peak learning rate, the decision
 # tokens weighted up (data.decision_weights: 48.6% countdown against 33.8% unweighted, docs/reasoning_log.md), long
 # length buckets (a search trace runs 60 to 512 tokens: 36% of the compute of buckets of 4 batches was padding, 11% of
-# buckets of 16), and two arith traces per countdown trace (short ones: +9 points arith for the same time)
+# buckets of 16), and two arith traces per countdown trace (short ones: 87.6% arith against 78-83% in about the
+# same time, round 4 of docs/reasoning_log.md; small and base keep their steps, unmeasured on a GPU)
 FINETUNE_PRESETS = {
     "tiny": dict(block_size=512, batch_size=16, steps=3600, lr=5e-4, train_problems=20000, ema=0.995,
                  countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
-    "small": dict(block_size=512, batch_size=128, steps=4500, lr=5e-4, train_problems=100000, ema=0.0,
+    "small": dict(block_size=512, batch_size=128, steps=3000, lr=5e-4, train_problems=100000, ema=0.0,
                   countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
-    "base": dict(block_size=512, batch_size=128, steps=9000, lr=3e-4, train_problems=200000, ema=0.0,
+    "base": dict(block_size=512, batch_size=128, steps=6000, lr=3e-4, train_problems=200000, ema=0.0,
                  countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
 }
 

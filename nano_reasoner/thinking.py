@@ -56,17 +56,18 @@ def analyse(problem, completion):
     assert problem.task == "countdown", "the analysis reads countdown traces"
     steps = [tasks.flip_digits(step) for step in tasks.parse_completion(completion).steps]
     numbers, _ = countdown.parse_numbers(problem.text)
-    current, reached, tried, tried_lines = numbers, [Counter(numbers)], set(), set()
+    current, reached, tried = numbers, [Counter(numbers)], set()
+    tried_any = set()  # every move tried, legal or not: what an undo line may name (countdown.check_undo)
     stats = ThinkingStats()
     for line in steps:
         if tasks.undone_state(line) is not None:
             stats.undo_lines += 1
-            is_legal, _, current = countdown.check_undo(reached, line, tried_lines)
+            is_legal, _, current = countdown.check_undo(reached, line, tried_any)
             stats.bad_undo_lines += not is_legal
         else:
             stats.moves += 1
             stats.wrong_arithmetic += countdown.has_wrong_arithmetic(line)
-            tried_lines.add(countdown.tried_move(current, line))
+            tried_any.add(countdown.tried_move(current, line))
             if current is not None:
                 is_legal, _, after = countdown.check_step(current, line)
                 if is_legal:

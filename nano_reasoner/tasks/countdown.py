@@ -415,21 +415,26 @@ def has_wrong_arithmetic(line):
     return any(expr.evaluate(link) != value for link in chain[1:])
 
 
-def tried_move(numbers, line):
-    """The move a move line tries from the state `numbers`, legal or not -> (state, op, a, b) with the state sorted and
-    a sum or product's numbers in order, or None when the line does not start with `a op b`. Never raises."""
-    if numbers is None or undone_state(line) is not None:
-        return None
+def _one_move(text):
+    """`a op b` -> (op, a, b), a sum or product's numbers in order so that `3+7` and `7+3` are one move; None for any
+    other text. Never raises."""
     try:
-        tree = expr.parse(line.split(";")[0].split("=")[0])
+        tree = expr.parse(text)
     except expr.ExprError:
         return None
     if expr.count_ops(tree) != 1 or tree[1][0] != "num" or tree[2][0] != "num":
         return None
     a, b = tree[1][1], tree[2][1]
-    if tree[0] in "+*":
-        a, b = sorted((a, b))
-    return tuple(sorted(numbers)), tree[0], a, b
+    return (tree[0],) + (tuple(sorted((a, b))) if tree[0] in "+*" else (a, b))
+
+
+def tried_move(numbers, line):
+    """The move a move line tries from the state `numbers`, legal or not -> (sorted state, op, a, b), or None when
+    there is no state (the walk is off the legal path) or the line does not start with `a op b`. Never raises."""
+    if numbers is None or undone_state(line) is not None:
+        return None
+    move = _one_move(line.split(";")[0].split("=")[0])
+    return None if move is None else (tuple(sorted(numbers)),) + move
 
 
 def check_undo(reached, line, tried=()):
@@ -447,10 +452,10 @@ def check_undo(reached, line, tried=()):
         return False, f"undo to {' '.join(words)}: a state the thinking never reached", None
     move = undone_move(line)
     if move is not None:
-        named = tried_move(numbers, move + "=0;0")
+        named = _one_move(move)
         if named is None:
             return False, f"undo {move[:20]}: the move undone is not one move, 'undo 3+7;3 7 6'", None
-        if named not in tried:
+        if (tuple(sorted(numbers)),) + named not in tried:
             return False, f"undo {move}: a move the thinking never tried from {' '.join(words)}", None
     return True, "", numbers
 
