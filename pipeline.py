@@ -1,6 +1,6 @@
 """
-Run every stage end to end: pre-training -> reasoning traces (the reasoner) -> verifiers -> reinforcement learning ->
-test-time scaling.
+Run every stage end to end: pre-training -> reasoning traces (the reasoner) -> verifiers -> post-training with
+rule-based rewards (expert iteration; train_rl.py --algo grpo for GRPO) -> test-time scaling.
 
     python pipeline.py --preset tiny            # the whole story on a laptop CPU, into runs/tiny/
 

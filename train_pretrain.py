@@ -37,7 +37,7 @@ from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore
 from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.data import batches, collate, decision_weights, make_examples
 from nano_reasoner.evaluate import EVAL_DIFFICULTIES, greedy_accuracy, held_out_problems
-from nano_reasoner.model import GPT, GPTConfig, configure_optimizer
+from nano_reasoner.model import GPT, GPTConfig, configure_optimizer, update_average
 from nano_reasoner.report import MetricsLogger, markdown_table, plot_panels, progress_line, write_json, write_report_section
 from nano_reasoner.thinking import budget_sweep, summarise_thinking
 from nano_reasoner.tokenizer import Tokenizer, train_tokenizer
@@ -206,13 +206,6 @@ def evaluate_thinking(model, tokenizer, countdown_attempts, args, init_model=Non
                                   "start": budget_sweep(init_model, tokenizer, problems, BUDGETS)}
     model.train()
     return result
-
-
-@torch.no_grad()
-def update_average(averaged, model, decay):
-    """One step of the weight average (module docstring): ema <- decay * ema + (1 - decay) * weights, in place."""
-    for average, weight in zip(averaged.parameters(), model.parameters()):
-        average.lerp_(weight, 1 - decay)  # average + (1 - decay) * (weight - average)
 
 
 def main():

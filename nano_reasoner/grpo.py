@@ -36,8 +36,9 @@ Loss normalisation: how "mean over tokens" is taken is a flag, and it matters.
   - "token" (DAPO, arXiv 2503.14476): average over all completion tokens of the batch,
         J = 1 / sum_i |o_i| * sum_i sum_t term_{i,t},
     so every token weighs the same whatever the length of its completion: no per-sequence length bias.
-  Dr. GRPO also drops the std division of stage (3) (it up-weights groups with nearly equal rewards); we keep it,
-  as the paper does.
+  Dr. GRPO also drops the std division of stage (3): a group with one right answer in G has a small std, so its
+  advantages are scaled up, and such nearly uniform groups (too easy or too hard) weigh more than informative ones.
+  It is a flag (divide_by_std, train_rl.py --no-std); the default divides, as DeepSeekMath does.
 
 Groups whose G rewards are all equal (all right, or all wrong) have zero advantage: they would only add the KL term,
 at the full cost of a forward and backward pass. With drop_uniform_groups they are left out of stages (4)-(5), as
@@ -90,6 +91,7 @@ class GRPOConfig:
     inner_updates: int = 2          # mu: gradient steps per sampled batch
     loss_norm: str = "sequence"     # "sequence" (DeepSeekMath) or "token" (DAPO)
     advantage_eps: float = 1e-4     # eps in (r - mean) / (std + eps)
+    divide_by_std: bool = True      # False: A = r - mean, Dr. GRPO (a nearly uniform group's tiny std inflates A)
     grad_clip: float = 1.0          # gradient norm clip per update
     process_weight: float = 0.0     # weight of process advantages (0 = outcome rewards only)
     drop_uniform_groups: bool = True  # leave out groups whose G rewards are all equal (their advantages are 0)
@@ -166,16 +168,17 @@ def is_reward_hack(problem, verdict, completion):
 
 # ---------------------------------------------------------------------------------------------- (3) advantages
 
-def group_advantages(rewards, group_size, eps=1e-4):
+def group_advantages(rewards, group_size, eps=1e-4, divide_by_std=True):
     """
-    Stage (3): A_i = (r_i - mean(r_group)) / (std(r_group) + eps), per group of G consecutive rows.
+    Stage (3): A_i = (r_i - mean(r_group)) / (std(r_group) + eps), per group of G consecutive rows; with
+    divide_by_std=False, A_i = r_i - mean(r_group) (Dr. GRPO).
     rewards (N,) with N = B * G -> advantages (N,). Each group's advantages sum to zero; equal rewards give zero.
     """
     assert rewards.dim() == 1 and rewards.numel() % group_size == 0
     grouped = rewards.view(-1, group_size)                 # (B, G)
     mean = grouped.mean(dim=1, keepdim=True)               # (B, 1)
     std = grouped.std(dim=1, unbiased=False, keepdim=True)  # (B, 1) population std of the group
-    advantages = (grouped - mean) / (std + eps)             # (B, G)
+    advantages = (grouped - mean) / (std + eps) if divide_by_std else grouped - mean  # (B, G)
     # equal rewards give exactly 0: float rounding in the mean of e.g. eight 0.1s would otherwise leave ~1e-5,
     # which Adam (it divides by the gradient's own scale) would turn into full-size random steps
     is_uniform = grouped.max(dim=1, keepdim=True).values == grouped.min(dim=1, keepdim=True).values  # (B, 1)
@@ -303,7 +306,7 @@ def grpo_step(policy, reference, optimizer, tokenizer, problems, config, seed, a
     rewards, is_correct, batch.verdicts = rule_rewards(problems, batch.completions, G, config.format_weight)
     # (3) group-relative advantages
     device = next(policy.parameters()).device
-    advantages = group_advantages(rewards, G, config.advantage_eps).to(device)  # (N,)
+    advantages = group_advantages(rewards, G, config.advantage_eps, config.divide_by_std).to(device)  # (N,)
     if config.process_weight > 0:
         assert step_scorer is not None, "process_weight > 0 needs a step_scorer (a PRM, or exact_step_rewards)"
         row_prompts = [batch.prompt_tokens[i // G] for i in range(len(batch.completion_tokens))]

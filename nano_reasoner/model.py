@@ -99,8 +99,12 @@ class KVCache:
         them (torch.arange(B).repeat_interleave(N)) forks every row into N copies that share the same past.
         """
         assert row_index.dim() == 1 and row_index.dtype == torch.long
-        self.keys = self.keys.index_select(1, row_index)
-        self.values = self.values.index_select(1, row_index)
+        # only slots [0, pos) hold anything: copy those into fresh buffers rather than the whole max_len
+        shape = (self.keys.shape[0], row_index.numel()) + self.keys.shape[2:]
+        keys, values = self.keys.new_zeros(shape), self.values.new_zeros(shape)
+        keys[:, :, :, :self.pos] = self.keys[:, :, :, :self.pos].index_select(1, row_index)
+        values[:, :, :, :self.pos] = self.values[:, :, :, :self.pos].index_select(1, row_index)
+        self.keys, self.values = keys, values
 
 
 def positions_from_mask(attn_mask):
@@ -325,3 +329,11 @@ def configure_optimizer(model, lr, weight_decay, betas):
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     is_cuda = next(model.parameters()).device.type == "cuda"
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=is_cuda)
+
+
+@torch.no_grad()
+def update_average(averaged, model, decay):
+    """One step of a weight average (Polyak & Juditsky, 1992; train_pretrain.py's docstring says why):
+    ema <- decay * ema + (1 - decay) * weights, in place; the training weights are left alone."""
+    for average, weight in zip(averaged.parameters(), model.parameters()):
+        average.lerp_(weight, 1 - decay)  # average + (1 - decay) * (weight - average)

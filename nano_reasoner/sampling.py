@@ -20,8 +20,11 @@ evaluations. Two facts make it cheap:
     (3) sample    the next token per row: temperature, then top-k, then top-p (nucleus) filtering
                   ("The Curious Case of Neural Text Degeneration", Holtzman et al., arXiv 1904.09751);
                   temperature 0 is greedy argmax.
-    (4) retire    rows that emitted a stop token: they are removed from the cache (index_select), so finished rows
-                  cost nothing more; their results already sit in the output tensors.
+    (4) retire    rows that emitted a stop token are done: nothing more is written for them. They are removed
+                  from the cache (index_select) once a quarter of its rows are done (retire_share), not one by one: a
+                  compaction copies the whole live cache, and copying it at every finished row cost 70% of the
+                  sampler's time at 256 rows. Until then a done row is pushed through the model with the others
+                  (pad tokens, its outputs ignored), a quarter of wasted rows at most.
     (5) decode    one token for every row still active, appending to the cache.
 
 Stop tokens are per call and apply to every row: pass the end-of-answer token to generate whole solutions, or also
@@ -43,8 +46,8 @@ The tests check that `generate` matches it token for token. `sequence_logprobs` 
 forward pass (teacher forcing) for RL and for verifier-free priors.
 
 Simplifications: every row of a call shares the same temperature, filters and stop tokens; the cache is compacted
-whenever a row finishes (a copy of the live cache; production engines page the cache instead, as in vLLM's
-"Efficient Memory Management for Large Language Model Serving with PagedAttention", arXiv 2309.06180).
+by copying its live rows (production engines page the cache instead, as in vLLM's "Efficient Memory Management for
+Large Language Model Serving with PagedAttention", arXiv 2309.06180).
 """
 
 from collections.abc import Sequence
@@ -63,7 +66,7 @@ class SampleResult:
     lengths: torch.Tensor     # (N,) long, generated tokens per row, the stop token included
     hit_stop: torch.Tensor    # (N,) bool, the row ended on a stop token (False: it ran out of max_new_tokens)
     prefill_tokens: int       # real prompt tokens pushed through the model in prefill (independent of num_samples)
-    decode_tokens: int        # (row, step) evaluations in decoding; finished rows stop counting
+    decode_tokens: int        # (row, step) evaluations of live rows in decoding; finished rows stop counting
 
     def row_tokens(self, i) -> list[int]:
         """The real generated tokens of row i, as a list."""
@@ -153,7 +156,7 @@ def choose_next_tokens(logits, temperature, top_k, top_p, generator):
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_samples: int = 1, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, stop_ids: Sequence[int] = (), pad_id: int = 0,
-             seed: int = 0, device=None, budget: ThinkingBudget | None = None) -> SampleResult:
+             seed: int = 0, device=None, budget: ThinkingBudget | None = None, retire_share: float = 0.25) -> SampleResult:
     """
     Sample up to max_new_tokens after each prompt, num_samples times per prompt, with a KV cache.
 
@@ -162,6 +165,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     continue prompts[i]. The model must already live on `device` (default: the device of its parameters).
     Raises ValueError if a prompt plus max_new_tokens would exceed model.config.block_size.
     budget: budget forcing (ThinkingBudget); every prompt must then end inside the thinking, at the start of a line.
+    retire_share: done rows leave the cache once they are this share of its rows (0: at every finished row); the
+    samples are the same whatever it is, only the time differs (benchmarks/bench_retire.py).
     """
     assert len(prompts) > 0 and all(len(prompt) > 0 for prompt in prompts), "every prompt needs at least one token"
     assert max_new_tokens >= 1 and num_samples >= 1
@@ -205,43 +210,47 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     lengths = torch.zeros(N, dtype=torch.long, device=device)
     hit_stop = torch.zeros(N, dtype=torch.bool, device=device)
     active_rows = torch.arange(N, device=device)  # (A,) output row of each row still in the cache
+    is_done = torch.zeros(N, dtype=torch.bool, device=device)  # (A,) the row emitted a stop token (stage 4)
     decode_tokens = 0
     think_count = torch.zeros(N, dtype=torch.long, device=device)  # (A,) budget forcing's state (ThinkingBudget)
     is_thinking = torch.ones(N, dtype=torch.bool, device=device)
     at_line_start = torch.ones(N, dtype=torch.bool, device=device)
 
     for step in range(max_new_tokens):
-        # (3) sample one token per active row; its log-prob is taken under the raw, unfiltered distribution
-        next_tokens = choose_next_tokens(last_logits, temperature, top_k, top_p, generator)  # (A,)
+        # (3) sample one token per live row; its log-prob is taken under the raw, unfiltered distribution. Only the
+        # live rows draw, so the random stream (and every sample) is the same however lazily rows are retired.
+        live = (~is_done).nonzero().squeeze(1)  # (L,) cache rows still generating
+        next_tokens = torch.full_like(active_rows, pad_id)  # (A,) done rows are fed pad, their outputs ignored
+        next_tokens[live] = choose_next_tokens(last_logits[live], temperature, top_k, top_p, generator)
         if budget is not None:
             next_tokens = force_budget(next_tokens, think_count, is_thinking, at_line_start, budget)
             think_count, is_thinking, at_line_start = advance_budget(next_tokens, think_count, is_thinking, budget)
-        token_logprobs = F.log_softmax(last_logits, dim=-1).gather(1, next_tokens[:, None]).squeeze(1)  # (A,)
-        tokens[active_rows, step] = next_tokens
-        logprobs[active_rows, step] = token_logprobs
-        lengths[active_rows] = step + 1
-        is_stop = torch.isin(next_tokens, stop_tensor)  # (A,)
-        hit_stop[active_rows] = is_stop
-        if step == max_new_tokens - 1:
+        live_rows, live_tokens = active_rows[live], next_tokens[live]  # (L,) output rows and their tokens
+        tokens[live_rows, step] = live_tokens
+        logprobs[live_rows, step] = F.log_softmax(last_logits[live], dim=-1).gather(1, live_tokens[:, None]).squeeze(1)
+        lengths[live_rows] = step + 1
+        is_stop = torch.zeros_like(is_done)
+        is_stop[live] = torch.isin(live_tokens, stop_tensor)  # (A,)
+        hit_stop[active_rows[is_stop]] = True
+        is_done |= is_stop
+        if step == max_new_tokens - 1 or bool(is_done.all()):
             break  # the last token is never fed back: nothing would read its logits
 
-        # (4) retire finished rows: drop them from the cache and from every per-row tensor
-        if bool(is_stop.any()):
-            keep = (~is_stop).nonzero().squeeze(1)  # (A',)
-            if keep.numel() == 0:
-                break
+        # (4) retire done rows, a quarter of the cache at a time (module docstring)
+        if int(is_done.sum()) >= max(1.0, retire_share * is_done.numel()):
+            keep = (~is_done).nonzero().squeeze(1)  # (A',)
             cache.select_rows(keep)
-            active_rows, next_tokens = active_rows[keep], next_tokens[keep]
+            active_rows, next_tokens, is_done = active_rows[keep], next_tokens[keep], is_done[keep]
             key_is_real, next_position = key_is_real[keep], next_position[keep]
             think_count, is_thinking, at_line_start = think_count[keep], is_thinking[keep], at_line_start[keep]
 
-        # (5) decode: push each active row's new token through the model, appending to the cache
+        # (5) decode: push each row's new token through the model, appending to the cache
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=is_cuda):
             logits, _ = model(next_tokens[:, None], positions=next_position[:, None],
                               attn_mask=key_is_real[:, :cache.pos + 1], kv_cache=cache)  # (A, 1, V)
         last_logits = logits[:, -1].float()  # (A, V)
         next_position = next_position + 1
-        decode_tokens += active_rows.numel()
+        decode_tokens += int((~is_done).sum())  # tokens generated; a done row's wasted pass is not the method's cost
 
     return SampleResult(tokens=tokens, logprobs=logprobs, lengths=lengths, hit_stop=hit_stop,
                         prefill_tokens=prefill_tokens, decode_tokens=decode_tokens)

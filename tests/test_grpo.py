@@ -27,6 +27,16 @@ def test_grpo_advantages_are_group_normalised():
     assert torch.allclose(advantages.sum(dim=1), torch.zeros(3), atol=1e-5)  # mean zero in every group
 
 
+def test_dr_grpo_advantages_are_not_divided_by_the_std():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0,   # mean 0.5
+                            1.1, 0.1, 0.1, 0.1,   # mean 0.35: one right in four is not scaled up by 1 / 0.433
+                            0.1, 0.1, 0.1, 0.1])
+    advantages = group_advantages(rewards, group_size=4, divide_by_std=False).view(3, 4)
+    expected = torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.75, -0.25, -0.25, -0.25], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(advantages, expected, atol=1e-6)
+    assert torch.equal(advantages[2], torch.zeros(4))  # equal rewards: exactly zero, as with the std
+
+
 def test_equal_rewards_give_zero_advantage():
     rewards = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     assert torch.equal(group_advantages(rewards, group_size=3), torch.zeros(6))

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from nano_reasoner.checkpoint import load_checkpoint
+from nano_reasoner.model import update_average
 from nano_reasoner.report import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,19 +145,15 @@ def test_the_weight_average_is_handed_on_and_never_feeds_back_into_training(unbr
 
 
 def test_update_average_is_the_exponential_moving_average():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_pretrain", SCRIPT)
-    train_pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_pretrain)
     averaged, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     with torch.no_grad():
         averaged.weight.fill_(1.0), averaged.bias.fill_(-2.0)
         model.weight.fill_(3.0), model.bias.fill_(2.0)
-    train_pretrain.update_average(averaged, model, decay=0.75)
+    update_average(averaged, model, decay=0.75)
     assert torch.equal(averaged.weight, torch.full((2, 3), 0.75 * 1.0 + 0.25 * 3.0))  # 1.5
     assert torch.equal(averaged.bias, torch.full((2,), 0.75 * -2.0 + 0.25 * 2.0))    # -1.0
     assert torch.equal(model.weight, torch.full((2, 3), 3.0)), "the training weights are left alone"
-    train_pretrain.update_average(averaged, model, decay=0.0)  # decay 0: the average is the last weights
+    update_average(averaged, model, decay=0.0)  # decay 0: the average is the last weights
     assert torch.equal(averaged.weight, model.weight) and torch.equal(averaged.bias, model.bias)
 
 

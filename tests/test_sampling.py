@@ -79,6 +79,18 @@ def test_rows_end_on_stop_tokens_and_are_padded_after():
     assert result.decode_tokens < N * (max_new - 1)
 
 
+def test_retiring_rows_lazily_or_at_once_gives_the_same_samples():
+    model = tiny_model()
+    results = [generate(model, PROMPTS, 16, num_samples=8, temperature=1.0, stop_ids=(5, 9, 20), seed=1,
+                        retire_share=share) for share in (0.0, 0.25, 1.0)]  # 1.0: never compact before the end
+    first = results[0]
+    assert first.hit_stop.any() and not first.hit_stop.all()
+    for other in results[1:]:
+        assert torch.equal(first.tokens, other.tokens) and torch.equal(first.lengths, other.lengths)
+        assert torch.equal(first.hit_stop, other.hit_stop) and first.decode_tokens == other.decode_tokens
+        assert torch.allclose(first.logprobs, other.logprobs, atol=1e-5)
+
+
 def test_same_seed_gives_same_samples_and_another_seed_differs():
     model = tiny_model()
     first = generate(model, PROMPTS, 10, num_samples=3, temperature=1.0, top_p=0.9, seed=7)

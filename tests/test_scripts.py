@@ -168,6 +168,10 @@ CASES = [
     ("negative process weight", "train_rl.py",
      ["--out", "new", "--init", "policy.pt", "--exact-process-rewards", "--process-weight", "-1"],
      "--process-weight must be >= 0"),
+    ("expert-iteration round of two problems", "train_rl.py", ["--out", "new", "--init", "policy.pt", "--ei-problems", "2"],
+     "--ei-problems must be at least 3"),
+    ("weight average that never moves", "train_rl.py", ["--out", "new", "--init", "policy.pt", "--ei-ema", "1"],
+     "--ei-replay-share and --ei-ema in [0, 1)"),
 ]
 REAL_PROCESS_CASES = [("unknown flag", "train_pretrain.py"), ("pickle that would run code", "infer.py")]
 
