@@ -203,8 +203,9 @@ def rl_problems(step, args, difficulties, held_out_texts):
 
 
 def ei_problems(round_index, args, difficulties, held_out_texts):
-    """A round's problems, two countdown to one arith (countdown is where the sampler finds what greedy misses), and
-    fresh problems for the replayed original traces; seeded by the round, none held out. Seeds start at 2e6."""
+    """A round's problems, two countdown to one arith (countdown's searches are the long, weak part; arith traces are
+    short), and fresh problems for the replayed original traces; seeded by the round, none held out. Seeds start at
+    2e6."""
     wanted = {"countdown": args.ei_problems - args.ei_problems // 3, "arith": args.ei_problems // 3}
     attempted, replayed = [], []
     for i, task in enumerate(tasks.TASKS):
@@ -212,7 +213,8 @@ def ei_problems(round_index, args, difficulties, held_out_texts):
         fresh = [p for p in tasks.generate(task, 2 * wanted[task] + 10, seed, difficulties[task])
                  if p.text not in held_out_texts]
         attempted.extend(fresh[:wanted[task]])
-        # replay: as many problems as the round's batches can take, arith twice as often (the reason stage's mix)
+        # replay: about twice the traces the round's batches draw (they draw at random), arith twice as often as
+        # countdown (the reason stage's mix)
         n_replay = args.ei_steps * args.ei_batch_size * (2 if task == "arith" else 1) // 3 + 1
         replay_difficulties = difficulties["replay_" + task]
         replayed.extend(p for p in tasks.generate(task, 2 * n_replay, seed + 1, replay_difficulties)

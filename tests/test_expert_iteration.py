@@ -60,14 +60,15 @@ def test_reward_hack_is_never_kept(tokenizer):
     assert [k.tokens for k in kept] == [prompt + samples[1][0]]  # the honest solution only
 
 
-def make_examples(prefix, n):
+def numbered_examples(prefix, n):
+    """n toy Examples whose first token is prefix, so a test can tell replayed ones from kept ones."""
     return [Example([prefix, i, 0], 1) for i in range(n)]
 
 
 @pytest.mark.parametrize("replay_share, expected_replay", [(0.25, 4), (0.5, 8), (0.0, 0), (1.0, 16)])
 def test_batches_mix_kept_attempts_and_replay_as_the_flag_says(replay_share, expected_replay):
     kept = [KeptAttempt(None, [7, i, 0], 1) for i in range(10)]
-    replay = make_examples(9, 30)
+    replay = numbered_examples(9, 30)
     batch_list = mixed_batches(kept, replay, batch_size=16, replay_share=replay_share, steps=5, seed=0)
     assert len(batch_list) == 5
     for batch in batch_list:
@@ -80,7 +81,7 @@ def test_batches_mix_kept_attempts_and_replay_as_the_flag_says(replay_share, exp
 
 
 def test_without_kept_attempts_every_batch_is_replay_and_replay_is_required():
-    batch_list = mixed_batches([], make_examples(9, 5), batch_size=4, replay_share=0.25, steps=3, seed=0)
+    batch_list = mixed_batches([], numbered_examples(9, 5), batch_size=4, replay_share=0.25, steps=3, seed=0)
     assert all(ex.tokens[0] == 9 for batch in batch_list for ex in batch)
     with pytest.raises(ValueError):
         mixed_batches([], [], batch_size=4, replay_share=0.25, steps=3, seed=0)
@@ -88,8 +89,8 @@ def test_without_kept_attempts_every_batch_is_replay_and_replay_is_required():
 
 def test_same_seed_gives_the_same_batches():
     kept = [KeptAttempt(None, [7, i, 0], 1) for i in range(10)]
-    first = mixed_batches(kept, make_examples(9, 30), 8, 0.5, 4, seed=3)
-    again = mixed_batches(kept, make_examples(9, 30), 8, 0.5, 4, seed=3)
+    first = mixed_batches(kept, numbered_examples(9, 30), 8, 0.5, 4, seed=3)
+    again = mixed_batches(kept, numbered_examples(9, 30), 8, 0.5, 4, seed=3)
     assert [[ex.tokens for ex in b] for b in first] == [[ex.tokens for ex in b] for b in again]
 
 
