@@ -29,7 +29,7 @@ import time
 import torch
 
 from nano_reasoner import scaling, search, tasks
-from nano_reasoner.cli import UserError, load_policy, pick_device, run_main
+from nano_reasoner.cli import UserError, check_output_file, load_policy, pick_device, run_main
 from nano_reasoner.evaluate import accuracy_by_difficulty, held_out_problems
 from nano_reasoner.report import write_json, write_report_section
 from nano_reasoner.thinking import thinking_budget
@@ -104,12 +104,7 @@ def parse_args():
     if args.temperature is not None and not (args.temperature >= 0 and math.isfinite(args.temperature)):
         raise UserError(f"--temperature {args.temperature}: give a number >= 0 (0 = greedy)")
     if args.out:
-        if os.path.isdir(args.out):
-            raise UserError(f"--out {args.out} is a folder: give a file name such as {os.path.join(args.out, 'out.jsonl')}")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise UserError(f"--out {args.out}: its folder does not exist; create it first")
-        if os.path.abspath(args.out) == os.path.abspath(args.problems):
-            raise UserError("--out is the --problems file: write the results to another file")
+        check_output_file(args.out, args.problems, "--problems")
     if args.temperature is None:
         args.temperature = 0.0 if args.strategy == "greedy" and not args.scaling else 0.5
         if args.strategy == "mcts" and not args.scaling:

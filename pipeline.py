@@ -1,6 +1,8 @@
 """
 Run every stage end to end: pre-training -> reasoning traces (the reasoner) -> verifiers -> post-training with
-rule-based rewards (expert iteration; train_rl.py --algo grpo for GRPO) -> test-time scaling.
+rule-based rewards (expert iteration; train_rl.py --algo grpo for GRPO) -> compression (int8 and int4 copies of the
+final policy, compress.py) -> conversation (the chat fine-tune, chat.py)
+-> test-time scaling.
 
     python pipeline.py --preset tiny            # the whole story on a laptop CPU, into runs/tiny/
 
@@ -38,6 +40,16 @@ def stages(preset, run_dir):
          os.path.join(run_dir, "prm", "eval.json")),
         ("rl", ["train_rl.py", "--preset", preset, "--init", reason, "--out", os.path.join(run_dir, "rl")],
          os.path.join(run_dir, "rl", "eval.json")),
+        # the final policy compressed (compress.py): int8 and int4 in runs/<preset>/compress/, one report section
+        ("compress-int8", ["compress.py", "--ckpt", os.path.join(run_dir, "rl", "ckpt.pt"), "--quantize", "int8",
+                           "--out", os.path.join(run_dir, "compress", "int8")],
+         os.path.join(run_dir, "compress", "int8", "eval.json")),
+        ("compress-int4", ["compress.py", "--ckpt", os.path.join(run_dir, "rl", "ckpt.pt"), "--quantize", "int4",
+                           "--group-size", "32", "--out", os.path.join(run_dir, "compress", "int4-g32")],
+         os.path.join(run_dir, "compress", "int4-g32", "eval.json")),
+        ("chat", ["train_pretrain.py", "--preset", preset, "--init", os.path.join(run_dir, "rl", "ckpt.pt"), "--chat",
+                  "--out", os.path.join(run_dir, "chat")],
+         os.path.join(run_dir, "chat", "eval.json")),
         ("scaling", ["infer.py", "--scaling", "--ckpt", reason, "--verifier", prm,
                      "--orm", os.path.join(run_dir, "prm", "orm.pt"), "--scaling-out", os.path.join(run_dir, "scaling")]
          + (SCALING_TINY if preset == "tiny" else []),
@@ -60,7 +72,9 @@ def main():
         if os.path.exists(done_marker):
             print(f"== {name}: done already ({done_marker}), skipped")
             continue
-        if name != "scaling" and os.path.exists(os.path.join(os.path.dirname(done_marker), "ckpt.pt")):
+        # the sweep and the compressions are short: they run again from the start rather than resume
+        is_resumable = name != "scaling" and not name.startswith("compress")
+        if is_resumable and os.path.exists(os.path.join(os.path.dirname(done_marker), "ckpt.pt")):
             command = command + ["--resume"]  # stopped half way last time: continue it
         print(f"== {name}: python {' '.join(command)}", flush=True)
         t_start = time.time()

@@ -22,6 +22,12 @@ fine-tuned on countdown traces that go back inside their thinking (`--countdown-
 tasks/trace.py; `--arith-traces retry` is the arith kind, which the pipeline leaves off), which is DeepSeek-R1's cold start ("DeepSeek-R1", arXiv 2501.12948: a few thousand long
 chain-of-thought examples before RL) and the seed's first recipe for an o1-like model: supervised fine-tuning on
 problem -> attempts -> answer.
+
+Conversation (`--init CKPT --chat`): a short fine-tune that teaches the policy the chat format of nano_reasoner/chat.py.
+It adds the tokens `<user>`, `<assistant>` and `ans` (the tokenizer and the embedding grow by three), trains on
+conversations of one to three turns rendered exactly as chat.py renders them (every earlier turn's thinking dropped,
+the last turn's kept and learned; follow-up questions use `ans`, the previous answer) mixed with plain single
+problems (ChatMix), and measures three-turn conversations with the thinking dropped and kept (eval.json "chat").
 """
 import argparse
 import copy
@@ -32,7 +38,7 @@ import time
 
 import torch
 
-from nano_reasoner import tasks
+from nano_reasoner import chat, tasks
 from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, CheckpointError
 from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.data import batches, collate, decision_weights, make_examples
@@ -71,6 +77,14 @@ FINETUNE_PRESETS = {
 }
 
 
+# the chat fine-tune (--chat): a short stage on top of a fine-tuned policy; train_problems counts training conversations
+CHAT_PRESETS = {
+    "tiny": dict(steps=2000, lr=3e-4, train_problems=30000, decision_weight=1.0, bucket_batches=8),
+    "small": dict(steps=2000, lr=3e-4, train_problems=100000, decision_weight=1.0, bucket_batches=8),
+    "base": dict(steps=4000, lr=2e-4, train_problems=200000, decision_weight=1.0, bucket_batches=8),
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="tiny", help="sizes: tiny (CPU, 0.8M params), small, base (GPU)")
@@ -78,6 +92,17 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from --out/ckpt.pt")
     parser.add_argument("--init", help="fine-tune: start from this policy checkpoint's weights and tokenizer, with the "
                         "fine-tuning preset (FINETUNE_PRESETS; the model flags must match the checkpoint's)")
+    parser.add_argument("--chat", action="store_true", help="with --init: fine-tune for conversation (chat.py's format, "
+                        "`ans` follow-ups) and measure three-turn conversations (module docstring)")
+    parser.add_argument("--chat-thinking", choices=("dropped", "kept"), default="dropped",
+                        help="--chat: what the earlier turns of a training conversation show, their reply only "
+                        "(dropped, as chat.py renders them; default) or their thinking too (kept, the comparison)")
+    parser.add_argument("--chat-countdown-share", type=float, default=chat.ChatMix.countdown_share,
+                        help=f"--chat: share of the turns that are countdown problems (default {chat.ChatMix.countdown_share})")
+    parser.add_argument("--chat-follow-up-share", type=float, default=chat.ChatMix.follow_up_share,
+                        help=f"--chat: how often a turn after an arith turn uses `ans` (default {chat.ChatMix.follow_up_share})")
+    parser.add_argument("--chat-conversations", type=int, default=300,
+                        help="--chat: held-out three-turn conversations measured at the end (default 300)")
     # model
     parser.add_argument("--n-layer", type=int, help="transformer blocks (preset)")
     parser.add_argument("--n-embd", type=int, help="width (preset)")
@@ -128,11 +153,15 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = parser.parse_args(argv)
-    preset = dict(PRESETS[args.preset], **(FINETUNE_PRESETS[args.preset] if args.init else {}))
+    if args.chat and not args.init:
+        raise UserError("--chat fine-tunes a trained policy: pass --init runs/tiny/rl/ckpt.pt (or another policy)")
+    preset = dict(PRESETS[args.preset])
+    preset.update(FINETUNE_PRESETS[args.preset] if args.init else {})
+    preset.update(CHAT_PRESETS[args.preset] if args.chat else {})
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("steps", "batch_size", "bucket_batches", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
+    for key in ("chat_conversations", "steps", "batch_size", "bucket_batches", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
         if getattr(args, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive")
     if args.n_embd % args.n_head or (args.n_embd // args.n_head) % 2:
@@ -152,6 +181,8 @@ def parse_args(argv=None):
         raise UserError("--arith-ratio must be a number in (0, 100]: arith training problems per countdown problem")
     if not 1 <= args.decision_weight < float("inf"):
         raise UserError("--decision-weight must be a number >= 1: the loss weight of the stop / go-back tokens")
+    if not (0 <= args.chat_countdown_share <= 1 and 0 <= args.chat_follow_up_share <= 1):
+        raise UserError("--chat-countdown-share and --chat-follow-up-share must be numbers in [0, 1]")
     if not 0 <= args.ema < 1:
         raise UserError("--ema must be a number in [0, 1): 0.995 averages about the last 200 steps, 0 turns it off")
     return args
@@ -208,6 +239,38 @@ def evaluate_thinking(model, tokenizer, countdown_attempts, args, init_model=Non
     return result
 
 
+def evaluate_chat(model, tokenizer, conversations):
+    """Three-turn conversations with every earlier turn's thinking dropped (the format trained on) and kept, greedy:
+    {"dropped": chat.summarise(...), "kept": ...}; printed as it goes."""
+    model.eval()
+    summary = {}
+    for mode in ("dropped", "kept"):
+        t_start = time.time()
+        results = chat.evaluate_conversations(model, tokenizer, conversations, keep_thinking=mode == "kept")
+        summary[mode] = chat.summarise(results, conversations)
+        print(f"  chat, thinking {mode}: {summary[mode]['turn_accuracy']:.1%} of turns, "
+              f"{summary[mode]['conversation_accuracy']:.1%} of conversations right; context tokens by turn "
+              + ", ".join(f"{row['context_tokens']:.0f}" for row in summary[mode]["by_turn"])
+              + f" ({time.time() - t_start:.0f}s)")
+    model.train()
+    return summary
+
+
+def chat_report(summary):
+    """The chat stage's table for report.md: per turn, accuracy and context tokens, thinking dropped and kept."""
+    rows = []
+    for mode in ("dropped", "kept"):
+        for row in summary[mode]["by_turn"]:
+            rows.append([mode, row["turn"], f"{row['accuracy']:.1%}", f"{row['context_tokens']:.0f}",
+                         f"{row['prefilled_tokens']:.0f}"])
+        rows.append([mode, "all", f"{summary[mode]['turn_accuracy']:.1%} (conversations "
+                     f"{summary[mode]['conversation_accuracy']:.1%})", "", ""])
+    return [f"Three-turn conversations ({summary['dropped']['conversations']} held-out: a problem with 1-3 "
+            f"operations, then two questions with `ans` and 1-2 more), greedy. Context tokens: what the model reads "
+            f"before it writes the turn; prefilled: of those, the ones a carried KV cache must still compute.", "",
+            markdown_table(["earlier thinking", "turn", "accuracy", "context tokens", "prefilled"], rows), ""]
+
+
 def main():
     args = parse_args()
     device = pick_device(args.device, args.threads)
@@ -232,13 +295,15 @@ def main():
 
     init = None
     if args.init:  # fine-tuning: read the policy first, so a bad one fails at once
-        init_model, init_tokenizer, init = load_policy(args.init, "cpu")
+        init_model, init_tokenizer, init = load_policy(args.init, "cpu", for_training=True)
+        if args.chat:  # the markers and `ans` join the vocabulary (chat.add_chat_tokens)
+            init_model, init_tokenizer = chat.add_chat_tokens(init_model, init_tokenizer)
 
     # data: held-out problems first, so training never sees them
     t_data = time.time()
     eval_small = held_out_problems(100, args.seed)
     eval_final = held_out_problems(args.eval_problems, args.seed)
-    train = training_problems(args, eval_final)
+    train = training_problems(args, eval_final) if not args.chat else []  # --chat makes its own (below)
     trace_kinds = {"arith": args.arith_traces, "countdown": args.countdown_traces}
     tokenizer_path = os.path.join(args.out, "tokenizer.model")
     if init is not None:  # fine-tuning: the policy's own tokenizer
@@ -250,9 +315,16 @@ def main():
     else:
         tokenizer = train_tokenizer([tasks.full_trace(p, args.granularity, trace_kinds[p.task], args.countdown_products)
                                      for p in train[::10]], tokenizer_path)
+    chat_eval = chat.held_out_conversations(args.chat_conversations, args.seed) if args.chat else None
     try:
-        examples = make_examples(tokenizer, train, args.granularity, trace_kinds, args.retry_share,
-                                 args.countdown_products)
+        if args.chat:  # conversations; no held-out problem (single or first turn) is ever a first turn here
+            exclude = {p.text for problems in eval_final.values() for p in problems} | {c[0] for c in chat_eval}
+            mix = chat.ChatMix(countdown_share=args.chat_countdown_share, follow_up_share=args.chat_follow_up_share)
+            examples = chat.training_examples(tokenizer, args.train_problems, args.seed, mix, exclude, args.granularity,
+                                              args.countdown_products, keep_thinking=args.chat_thinking == "kept")
+        else:
+            examples = make_examples(tokenizer, train, args.granularity, trace_kinds, args.retry_share,
+                                     args.countdown_products)
     except ValueError as error:
         raise UserError(f"{tokenizer_path} cannot encode the training traces ({error}): delete it, or choose "
                         f"another --out") from None
@@ -269,7 +341,7 @@ def main():
     # model and optimizer
     if init is not None:  # the policy's shape, with the context of this run (RoPE tables are not weights)
         args.n_layer, args.n_head, args.n_embd = (init["model_config"][k] for k in ("n_layer", "n_head", "n_embd"))
-        config = GPTConfig(**dict(init["model_config"], block_size=args.block_size))
+        config = GPTConfig(**dict(vars(init_model.config), block_size=args.block_size))
     else:
         config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                            n_head=args.n_head, n_embd=args.n_embd)
@@ -366,7 +438,8 @@ def main():
     accuracy, final_attempts = evaluate_all(averaged, tokenizer, eval_final)
     examples_shown = {task: task_attempts[0] for task, task_attempts in final_attempts.items()}
     thinking = evaluate_thinking(averaged, tokenizer, final_attempts["countdown"], args,
-                                 init_model.to(device) if init is not None else None)
+                                 init_model.to(device) if init is not None and not args.chat else None)
+    chat_summary = evaluate_chat(averaged, tokenizer, chat_eval) if args.chat else None
     metrics.log(step=step, final=True, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
     print(f"final greedy accuracy on {args.eval_problems} held-out problems per task ({time.time() - t_eval:.0f}s):")
     rows = []
@@ -386,6 +459,7 @@ def main():
         "countdown_thinking": countdown_thinking,
         "budget_sweep": {name: [dict(row, accuracy={str(k): v for k, v in row["accuracy"].items()}) for row in rows]
                          for name, rows in thinking.get("budget_sweep", {}).items()},
+        **({"chat": chat_summary} if chat_summary else {}),
     })
 
     history = [m for m in metrics.read() if "loss" in m]
@@ -397,6 +471,13 @@ def main():
         {"title": "greedy accuracy, held-out", "xlabel": "step", "ylabel": "accuracy",
          "series": {task: ([m["step"] for m in evals], [m[f"{task}_acc"] for m in evals]) for task in tasks.TASKS}},
     ]
+    if chat_summary:
+        for key, title in (("context_tokens", "context tokens before the turn"), ("accuracy", "turn accuracy")):
+            panels.append({"title": f"chat: {title} ({args.chat_conversations} held-out)", "xlabel": "turn",
+                           "ylabel": key.replace("_", " "),
+                           "series": {f"thinking {mode}": ([row["turn"] for row in chat_summary[mode]["by_turn"]],
+                                                           [row[key] for row in chat_summary[mode]["by_turn"]])
+                                      for mode in ("dropped", "kept")}})
     if "budget_sweep" in thinking:
         panels.append({"title": f"countdown: thinking budget (greedy, {SWEEP_PROBLEMS} held-out)", "logx": True,
                        "xlabel": "mean thinking tokens per problem", "ylabel": "accuracy",
@@ -410,6 +491,9 @@ def main():
                                for ex in examples_shown.values())
     kinds = f"arith {args.arith_traces}" + (f" (retry share {args.retry_share})" if args.arith_traces == "retry" else "") \
         + f", countdown {args.countdown_traces} with products {args.countdown_products}"
+    if args.chat:
+        kinds = (f"conversations of 1-3 turns, earlier thinking {args.chat_thinking}, countdown turns "
+                 f"{args.chat_countdown_share:.0%} (search traces), `ans` follow-ups {args.chat_follow_up_share:.0%}")
     sweep_rows = [[name] + [f"{row['accuracy']['all']:.1%} ({row['mean_thinking_tokens']:.0f})" for row in rows]
                   for name, rows in thinking.get("budget_sweep", {}).items()]
     write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), stage, "\n".join([
@@ -426,6 +510,7 @@ def main():
         *([f"Thinking budget (greedy accuracy on {SWEEP_PROBLEMS} held-out countdown problems, mean thinking tokens in brackets; "
            f"columns: at most N thinking tokens):", "",
            markdown_table(["policy"] + [str(b or "no cap") for b in BUDGETS], sweep_rows), ""] if sweep_rows else []),
+        *(chat_report(chat_summary) if chat_summary else []),
         f"![{stage}]({stage}/{stage}.png)", "", "Example greedy outputs:", "", "```", example_text, "```", ""]))
     print(f"wrote {ckpt_path}, {args.out}/{stage}.png, report.md ({train_seconds / 60:.1f} min of training)")
 

@@ -356,7 +356,7 @@ def main():
     data_path = os.path.join(args.out, "labels.pt")
     if os.path.exists(data_path) and not args.resume:
         raise UserError(f"{args.out} already holds a run: pass --resume to continue it, or choose another --out")
-    policy, tokenizer, policy_ckpt = load_policy(args.policy, device)
+    policy, tokenizer, policy_ckpt = load_policy(args.policy, device, for_training=True)
     granularity = policy_ckpt["args"].get("granularity", tasks.DEFAULT_GRANULARITY)  # the traces the policy knows
     metrics = MetricsLogger(args.out)
     write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "policy": args.policy,

@@ -284,7 +284,7 @@ def main():
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
 
     # model: the policy starts as the pre-trained checkpoint; the reference is a frozen copy of it
-    policy, tokenizer, init_ckpt = load_policy(args.init, device)
+    policy, tokenizer, init_ckpt = load_policy(args.init, device, for_training=True)
     reference = copy.deepcopy(policy).eval()
     for param in reference.parameters():
         param.requires_grad_(False)  # the reference is never trained: the KL anchors to where RL started

@@ -72,18 +72,43 @@ def parse_range(text, flag):
     return tuple(values)
 
 
-def load_policy(path, device, expected_kind="policy"):
-    """A checkpoint -> (model, tokenizer, checkpoint dict), or UserError with the fix."""
+def check_output_file(out, input_path, input_flag):
+    """UserError unless `out` can be written as a results file: not a folder, in a folder that exists, and not the
+    input file it is made from (which would be overwritten while it is read)."""
+    if os.path.isdir(out):
+        raise UserError(f"--out {out} is a folder: give a file name such as {os.path.join(out, 'out.jsonl')}")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise UserError(f"--out {out}: its folder does not exist; create it first")
+    if os.path.abspath(out) == os.path.abspath(input_path):
+        raise UserError(f"--out is the {input_flag} file: write the results to another file")
+
+
+def load_policy(path, device, expected_kind="policy", for_training=False):
+    """
+    A checkpoint -> (model, tokenizer, checkpoint dict), or UserError with the fix.
+
+    A checkpoint written by compress.py loads like any other: a pruned one's config holds its smaller shapes, and a
+    quantized one says so in extra["quantization"] ({"scheme", "group_size"}), so its blocks are built quantized
+    before the integer weights are read in. for_training: refuse a quantized checkpoint (its weights are not
+    parameters any more; training starts from float weights).
+    """
     from nano_reasoner.checkpoint import CheckpointError, load_checkpoint
     from nano_reasoner.model import GPT, GPTConfig
+    from nano_reasoner.quantize import quantize_model
     from nano_reasoner.tokenizer import Tokenizer
 
     try:
         ckpt = load_checkpoint(path, expected_kind=expected_kind)
     except CheckpointError as error:
         raise UserError(str(error)) from None
+    quantization = ckpt["extra"].get("quantization") if isinstance(ckpt["extra"], dict) else None
+    if quantization and for_training:
+        raise UserError(f"{path} holds quantized weights (compress.py): training needs float weights; start from the "
+                        f"float checkpoint it was made from")
     try:
         model = GPT(GPTConfig(**ckpt["model_config"]))
+        if quantization:
+            quantize_model(model, quantization["scheme"], quantization.get("group_size"))
         model.load_state_dict(ckpt["model_state"])
     except Exception:  # a damaged config can fail anywhere in GPT's constructor; the fix is the same
         raise UserError(f"{path}: the weights do not match the model config stored with them (corrupt checkpoint)") from None

@@ -32,6 +32,9 @@ Two extras for the later stages:
 - **Scalar head** (`has_scalar_head`): a Linear(n_embd, 1) read off the final hidden state at every position, for
   reward models and value estimates.
 
+Structured pruning (prune.py) leaves a model with fewer heads (of the same head_dim) and fewer MLP neurons per block;
+the config records them (`head_dim`, `mlp_hidden`), so such a model is built, cached and sampled like any other.
+
 Padding. `attn_mask` (B, T_keys) says which keys are real tokens (False for left padding). A real query never attends
 to a pad key. A pad query attends only to itself: its output is never used, but it must stay finite. Some attention
 kernels (and older PyTorch versions) return NaN for a query whose every key is masked, and a NaN that reaches a key
@@ -58,6 +61,17 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     has_scalar_head: bool = False   # a Linear(n_embd, 1) head for reward models / values (PRM, ORM)
+    # structured pruning (prune.py) keeps fewer heads of the same size and fewer MLP neurons than the defaults
+    head_dim: int | None = None     # width of one head (None: n_embd // n_head)
+    mlp_hidden: int | None = None   # neurons of every MLP (None: 4 * n_embd)
+
+    @property
+    def head_width(self):
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self):
+        return self.mlp_hidden or 4 * self.n_embd
 
 
 class KVCache:
@@ -71,8 +85,7 @@ class KVCache:
 
     def __init__(self, config, batch_size, max_len, device, dtype):
         assert max_len <= config.block_size, f"cache of {max_len} slots exceeds block_size {config.block_size}"
-        head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, head_dim)
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_width)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
@@ -172,15 +185,17 @@ class RMSNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
+        assert config.head_dim is not None or config.n_embd % config.n_head == 0
         self.n_head = config.n_head
-        self.head_dim = config.n_embd // config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.head_dim = config.head_width
+        heads_width = self.n_head * self.head_dim  # n_embd, unless structured pruning removed heads
+        self.c_attn = nn.Linear(config.n_embd, 3 * heads_width, bias=False)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(heads_width, config.n_embd, bias=False)
 
     def forward(self, x, cos, sin, mask, kv_cache, layer):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)                       # each (B, T, C)
+        heads_width = self.n_head * self.head_dim
+        q, k, v = self.c_attn(x).split(heads_width, dim=2)             # each (B, T, n_head * head_dim)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)   # (B, n_head, T, head_dim)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
@@ -191,15 +206,15 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)               # heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, heads_width)     # heads side by side again
         return self.c_proj(y)
 
 
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=False)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=False)
 
     def forward(self, x):
         return self.c_proj(F.gelu(self.c_fc(x)))
@@ -229,7 +244,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: one matrix reads tokens in and writes logits out
         self.scalar_head = nn.Linear(config.n_embd, 1, bias=False) if config.has_scalar_head else None
-        cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size)
+        cos, sin = rope_tables(config.head_width, config.block_size)
         # not persistent: recomputed from the config, so they never take space in a checkpoint
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, head_dim/2)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -245,8 +260,10 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=False):
-        """Parameter count; the tied embedding counts once. non_embedding=True leaves it out (as in scaling laws)."""
+        """Parameter count; the tied embedding counts once. non_embedding=True leaves it out (as in scaling laws).
+        Weights that quantize.py stores as integers (buffers, not parameters) count too: they still multiply."""
         total = sum(p.numel() for p in self.parameters())
+        total += sum(module.weight_count for module in self.modules() if hasattr(module, "weight_count"))
         return total - self.wte.weight.numel() if non_embedding else total
 
     def _trunk(self, idx, positions, attn_mask, kv_cache):
@@ -337,3 +354,22 @@ def update_average(averaged, model, decay):
     ema <- decay * ema + (1 - decay) * weights, in place; the training weights are left alone."""
     for average, weight in zip(averaged.parameters(), model.parameters()):
         average.lerp_(weight, 1 - decay)  # average + (1 - decay) * (weight - average)
+
+
+@torch.no_grad()
+def grow_vocab(model, vocab_size):
+    """A copy of `model` whose vocabulary has `vocab_size` tokens: the old rows of the tied embedding are kept, each
+    new row starts at the mean of the old ones. A new token then gets about the average logit instead of a random
+    one, so adding it leaves the model's predictions nearly as they were ("Initializing New Word Embeddings for
+    Pretrained Language Models", Hewitt 2021). Used when a fine-tuning stage adds tokens (tokenizer.add_symbols)."""
+    old_size = model.config.vocab_size
+    assert vocab_size >= old_size, f"cannot shrink the vocabulary from {old_size} to {vocab_size}"
+    grown = GPT(GPTConfig(**dict(vars(model.config), vocab_size=vocab_size))).to(model.wte.weight.device)
+    state = model.state_dict()
+    old_embedding = state.pop("wte.weight")  # (old V, C)
+    state.pop("lm_head.weight")              # the same matrix (tied)
+    new_rows = old_embedding.mean(dim=0, keepdim=True).expand(vocab_size - old_size, -1)  # (new V - old V, C)
+    state["wte.weight"] = torch.cat([old_embedding, new_rows])
+    state["lm_head.weight"] = state["wte.weight"]
+    grown.load_state_dict(state)
+    return grown

@@ -16,9 +16,18 @@ thousand generated traces. Three choices make it fit arithmetic:
 
 Special ids: pad 0, bos 1, eos 2, unk 3. A sequence for the model is [bos] + encode(prompt + completion) + [eos].
 The trained `.model` file's bytes are stored inside every checkpoint, so a checkpoint carries its own tokenizer.
+
+Adding tokens after training (`add_symbols`). A chat model needs markers that pre-training never saw (`<user>`,
+`<assistant>`, chat.py); production chat templates add theirs when the base model is fine-tuned, and the embedding
+matrix grows by as many rows (model.grow_vocab). SentencePiece stores its model as a protocol buffer whose first
+field is the repeated list of pieces, and a protocol buffer may repeat a field anywhere in the message: bytes that
+encode one more piece, appended at the end, are read as the next entry of that list. So a new user-defined symbol is
+a dozen bytes added to the `.model` file: its id is the old vocabulary size, every old piece keeps its id, and
+every text without the new symbols encodes exactly as before (tested).
 """
 import hashlib
 import os
+import struct
 import tempfile
 
 import sentencepiece as spm
@@ -38,6 +47,7 @@ class Tokenizer:
         self.step_end_id = self.sp.piece_to_id(STEP_END)
         self.think_id = self.sp.piece_to_id(THINK)
         self.end_think_id = self.sp.piece_to_id(END_THINK)
+        self.piece_set = {self.sp.id_to_piece(i) for i in range(self.vocab_size)}
         self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
 
     @classmethod
@@ -62,6 +72,36 @@ class Tokenizer:
 
     def encode_prompt(self, prompt):
         return [BOS_ID] + self.encode_checked(prompt)
+
+    def symbol_id(self, symbol):
+        """The id of a one-token symbol, or None when the vocabulary does not hold it."""
+        return self.sp.piece_to_id(symbol) if symbol in self.piece_set else None
+
+
+def _varint(n):
+    """A protocol-buffer varint: 7 bits per byte, low bits first, the top bit set on every byte but the last."""
+    out = bytearray()
+    while True:
+        low7, n = n & 0x7F, n >> 7
+        out.append(low7 | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def add_symbols(model_bytes, symbols):
+    """A SentencePiece model's bytes with `symbols` appended as user-defined pieces (module docstring): the new ids
+    are vocab_size, vocab_size + 1, ... in order. A symbol the model already holds is refused."""
+    existing = Tokenizer(model_bytes)
+    added = bytearray()
+    for symbol in symbols:
+        if symbol in existing.piece_set:
+            raise ValueError(f"the tokenizer already holds {symbol!r}")
+        text = symbol.encode("utf-8")
+        # message SentencePiece { string piece = 1; float score = 2; Type type = 3; }, USER_DEFINED = 4; each field is
+        # a key byte (field number << 3 | wire type: 2 length-delimited, 5 fixed 32-bit, 0 varint), then its value
+        piece = b"\x0a" + _varint(len(text)) + text + b"\x15" + struct.pack("<f", 0.0) + b"\x18" + _varint(4)
+        added += b"\x0a" + _varint(len(piece)) + piece  # field 1 of ModelProto: one more entry of `pieces`
+    return bytes(model_bytes) + bytes(added)
 
 
 def train_tokenizer(texts, path, vocab_size=64):

@@ -201,3 +201,25 @@ def test_weights_blown_up_by_an_absurd_learning_rate_are_never_saved(tmp_path):
     ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
     assert ckpt["step"] < 12
     assert all(torch.isfinite(tensor).all() for tensor in ckpt["model_state"].values())
+
+
+def test_chat_fine_tune_adds_the_chat_tokens_measures_conversations_and_resumes(unbroken_run, tmp_path):
+    from nano_reasoner.chat import CHAT_SYMBOLS, has_chat_tokens
+    from nano_reasoner.tokenizer import Tokenizer
+    run_dir = str(tmp_path / "chat")
+    chat_flags = ["--init", os.path.join(unbroken_run, "ckpt.pt"), "--chat", "--chat-conversations", "4",
+                  "--out", run_dir, *tiny(steps=4, train_problems=100)]
+    first = run([sys.executable, SCRIPT, *chat_flags], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    start, tuned = load_checkpoint(os.path.join(unbroken_run, "ckpt.pt")), load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
+    assert has_chat_tokens(Tokenizer(tuned["tokenizer_bytes"]))
+    assert tuned["model_config"]["vocab_size"] == start["model_config"]["vocab_size"] + len(CHAT_SYMBOLS)
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        summary = json.load(f)["chat"]
+    assert summary["dropped"]["conversations"] == summary["kept"]["conversations"] == 4
+    assert [row["turn"] for row in summary["dropped"]["by_turn"]] == [1, 2, 3]
+    # a resume extends the start's vocabulary the same way, so the checkpoint's tokenizer matches
+    more = run([sys.executable, SCRIPT, *chat_flags[:-len(tiny())], *tiny(steps=6, train_problems=100), "--resume"],
+               cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "resumed from" in more.stdout and "at step 4" in more.stdout

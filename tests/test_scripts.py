@@ -22,7 +22,9 @@ import torch
 from nano_reasoner import tasks
 from nano_reasoner.checkpoint import capture_rng_state, save_checkpoint
 from nano_reasoner.model import GPT, GPTConfig
-from nano_reasoner.tokenizer import train_tokenizer
+from nano_reasoner.quantize import quantize_model
+from nano_reasoner.chat import CHAT_SYMBOLS
+from nano_reasoner.tokenizer import add_symbols, train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_RUN = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--steps", "2", "--batch-size", "4",
@@ -172,6 +174,55 @@ CASES = [
      "--ei-problems must be at least 3"),
     ("weight average that never moves", "train_rl.py", ["--out", "new", "--init", "policy.pt", "--ei-ema", "1"],
      "--ei-replay-share and --ei-ema in [0, 1)"),
+    ("initial checkpoint with quantized weights", "train_rl.py", ["--out", "new", "--init", "quantized.pt"],
+     "quantized.pt holds quantized weights (compress.py): training needs float weights"),
+    # --- compress.py
+    ("quantization to 3 bits", "compress.py", ["--ckpt", "policy.pt", "--quantize", "int3", "--out", "new"],
+     "--quantize int3: choose int8 or int4"),
+    ("pruning more than everything", "compress.py", ["--ckpt", "policy.pt", "--prune", "1.5", "--out", "new"],
+     "--prune 1.5: give the share to remove, a number between 0 and 1"),
+    ("pruning share nan", "compress.py", ["--ckpt", "policy.pt", "--prune", "nan", "--out", "new"], "--prune nan"),
+    ("neither quantization nor pruning", "compress.py", ["--ckpt", "policy.pt", "--out", "new"],
+     "give one of --quantize int8|int4 and --prune FRACTION"),
+    ("both quantization and pruning", "compress.py",
+     ["--ckpt", "policy.pt", "--quantize", "int8", "--prune", "0.5", "--out", "new"], "give one of --quantize"),
+    ("odd int4 group size", "compress.py", ["--ckpt", "policy.pt", "--quantize", "int4", "--group-size", "7",
+                                             "--out", "new"], "--group-size 7: give an even number"),
+    ("int4 groups that do not tile the rows", "compress.py",
+     ["--ckpt", "policy.pt", "--quantize", "int4", "--group-size", "48", "--out", "new"],
+     "do not tile a row of 32 weights"),
+    ("group size with int8", "compress.py", ["--ckpt", "policy.pt", "--quantize", "int8", "--group-size", "32",
+                                             "--out", "new"], "--group-size goes with --quantize int4"),
+    ("structured with quantization", "compress.py",
+     ["--ckpt", "policy.pt", "--quantize", "int8", "--structured", "--out", "new"], "go with --prune"),
+    ("negative recovery steps", "compress.py", ["--ckpt", "policy.pt", "--prune", "0.5", "--recover-steps", "-1",
+                                                "--out", "new"], "--recover-steps must be >= 0"),
+    ("recovery learning rate nan", "compress.py", ["--ckpt", "policy.pt", "--prune", "0.5", "--recover-lr", "nan",
+                                                   "--out", "new"], "--recover-lr nan"),
+    ("compressing a quantized checkpoint", "compress.py", ["--ckpt", "quantized.pt", "--quantize", "int4",
+                                                           "--out", "new"], "is quantized already"),
+    ("compressing a PRM", "compress.py", ["--ckpt", "prm.pt", "--quantize", "int8", "--out", "new"],
+     "holds a prm checkpoint, expected policy"),
+    ("compress --out is a file", "compress.py", ["--ckpt", "policy.pt", "--quantize", "int8", "--out", "good.jsonl"],
+     "--out good.jsonl is a file"),
+    ("quantized checkpoint of an unknown scheme", "infer.py", ["--ckpt", "bad_scheme.pt", "--task", "arith", "7+3"],
+     "the weights do not match the model config"),
+    ("chat fine-tune without a policy to start from", "train_pretrain.py", ["--out", "new", "--chat"] + TINY_RUN,
+     "--chat fine-tunes a trained policy: pass --init"),
+    # --- chat.py
+    ("policy not fine-tuned for conversation", "chat.py", POLICY, "was not fine-tuned for conversation"),
+    ("missing chat checkpoint", "chat.py", ["--ckpt", "nope.pt"], "no checkpoint at nope.pt"),
+    ("script without --out", "chat.py", ["--ckpt", "chat_policy.pt", "--script", "convs.jsonl"], "--script needs --out"),
+    ("--out without --script", "chat.py", ["--ckpt", "chat_policy.pt", "--out", "new.jsonl"], "--out goes with --script"),
+    ("missing script file", "chat.py", ["--ckpt", "chat_policy.pt", "--script", "nope.jsonl", "--out", "new.jsonl"],
+     "no script file at nope.jsonl"),
+    ("script line that is not JSON", "chat.py",
+     ["--ckpt", "chat_policy.pt", "--script", "convs_not_json.jsonl", "--out", "new.jsonl"], "convs_not_json.jsonl:2: not a JSON"),
+    ("script turns that are not a list of strings", "chat.py",
+     ["--ckpt", "chat_policy.pt", "--script", "convs_bad_turns.jsonl", "--out", "new.jsonl"],
+     "\"turns\" must be a non-empty list of strings"),
+    ("chat turn of zero tokens", "chat.py", ["--ckpt", "chat_policy.pt", "--max-new-tokens", "0"],
+     "--max-new-tokens must be at least 1"),
 ]
 REAL_PROCESS_CASES = [("unknown flag", "train_pretrain.py"), ("pickle that would run code", "infer.py")]
 
@@ -249,6 +300,7 @@ def make_workspace(work):
     save_tiny(work / "prm_other_tokenizer.pt", other.model_bytes, other.vocab_size, kind="prm")
     save_tiny(work / "countdown_only.pt", countdown_only.model_bytes, countdown_only.vocab_size)
     save_tiny(work / "small_vocab.pt", policy_bytes, 10)
+    save_tiny(work / "chat_policy.pt", add_symbols(policy_bytes, CHAT_SYMBOLS), tokenizer.vocab_size + len(CHAT_SYMBOLS))
     for name, change in [("bad_sha.pt", lambda raw: raw.update(tokenizer_sha256="0" * 64)),
                          ("damaged.pt", lambda raw: raw.update(model_config=[1, 2]))]:
         save_tiny(work / name, policy_bytes, tokenizer.vocab_size)
@@ -257,6 +309,12 @@ def make_workspace(work):
     (work / "random.pt").write_bytes(bytes(range(256)) * 40)
     (work / "truncated.pt").write_bytes((work / "policy.pt").read_bytes()[:3000])
     torch.save({"model_state": RunsCodeWhenUnpickled()}, work / "evil.pt")
+    quantized = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
+    quantize_model(quantized, "int8")
+    for name, scheme in [("quantized.pt", "int8"), ("bad_scheme.pt", "int3")]:
+        save_checkpoint(str(work / name), kind="policy", model_state=quantized.state_dict(),
+                        model_config=vars(quantized.config), tokenizer_bytes=policy_bytes, step=0,
+                        extra={"quantization": {"scheme": scheme, "group_size": None}})
 
     (work / "good.jsonl").write_text('{"problem": "7+3"}\n')
     (work / "not_json.jsonl").write_text('{"problem": "7+3"}\nproblem: 7+3\n')
@@ -266,6 +324,9 @@ def make_workspace(work):
     (work / "bad_problem.jsonl").write_text('{"problem": "7+3"}\n{"problem": "7+"}\n')
     (work / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x81 problem\n")
     (work / "empty.jsonl").write_text("")
+    (work / "convs.jsonl").write_text('{"turns": ["7+3", "ans*2"]}\n')
+    (work / "convs_not_json.jsonl").write_text('{"turns": ["7+3"]}\nturns: 7+3\n')
+    (work / "convs_bad_turns.jsonl").write_text('{"turns": "7+3"}\n')
 
     run = work / "run"
     run.mkdir()

@@ -52,11 +52,12 @@ MAX_INTERMEDIATE = 9999
 
 # ----------------------------------------------------------------------------- problems
 
-def _random_tree(n_ops, rng):
+def random_tree(n_ops, rng):
+    """A random expression tree with n_ops operations over operands 0..MAX_OPERAND (its shape uniform at each split)."""
     if n_ops == 0:
         return ("num", rng.randint(0, MAX_OPERAND))
     n_left = rng.randint(0, n_ops - 1)
-    return (rng.choice("+-*"), _random_tree(n_left, rng), _random_tree(n_ops - 1 - n_left, rng))
+    return (rng.choice("+-*"), random_tree(n_left, rng), random_tree(n_ops - 1 - n_left, rng))
 
 
 def _reductions(tree):
@@ -77,11 +78,16 @@ def generate(n, seed, difficulties=DIFFICULTIES):
     problems = []
     while len(problems) < n:
         n_ops = rng.choice(difficulties)
-        text = expr.to_text(_random_tree(n_ops, rng))
+        text = expr.to_text(random_tree(n_ops, rng))
         tree = expr.parse(text)  # the tree the text means, which is the one every step reduces
-        if all(abs(step[4]) <= MAX_INTERMEDIATE for step in _reductions(tree)):
+        if within_bounds(tree):
             problems.append(Problem(TASK, text, n_ops))
     return problems
+
+
+def within_bounds(tree):
+    """Does every intermediate value of the solution stay within MAX_INTERMEDIATE (what generated problems keep)?"""
+    return all(abs(step[4]) <= MAX_INTERMEDIATE for step in _reductions(tree))
 
 
 def parse_problem(text):
