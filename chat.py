@@ -23,11 +23,9 @@ fine-tuned for conversation (train_pretrain.py --init ... --chat; the pipeline's
 import argparse
 import json
 import math
-import os
-import sys
 
 from nano_reasoner import chat, tasks
-from nano_reasoner.cli import UserError, check_output_file, load_policy, pick_device, run_main
+from nano_reasoner.cli import UserError, check_output_file, load_policy, read_jsonl, pick_device, run_main
 
 
 def parse_args():
@@ -60,23 +58,13 @@ def parse_args():
 
 def read_script(path):
     """-> input records; a line that is not {"turns": [strings]} is a UserError naming the line."""
-    if not os.path.isfile(path):
-        raise UserError(f"no script file at {path}")
     records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                raise UserError(f"{path}:{number}: not a JSON object; each line must be {{\"turns\": [\"7+38*2-15\", "
-                                f"\"ans*3\"]}}") from None
-            turns = record.get("turns") if isinstance(record, dict) else None
-            if not isinstance(turns, list) or not turns or not all(isinstance(turn, str) for turn in turns):
-                raise UserError(f"{path}:{number}: \"turns\" must be a non-empty list of strings, such as "
-                                f"[\"7+38*2-15\", \"ans*3\"]")
-            records.append(record)
+    for number, record in read_jsonl(path, "script", '{"turns": ["7+38*2-15", "ans*3"]}'):
+        turns = record.get("turns") if isinstance(record, dict) else None
+        if not isinstance(turns, list) or not turns or not all(isinstance(turn, str) for turn in turns):
+            raise UserError(f"{path}:{number}: \"turns\" must be a non-empty list of strings, such as "
+                            f"[\"7+38*2-15\", \"ans*3\"]")
+        records.append(record)
     if not records:
         raise UserError(f"{path} holds no conversations")
     return records

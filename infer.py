@@ -29,7 +29,7 @@ import time
 import torch
 
 from nano_reasoner import scaling, search, tasks
-from nano_reasoner.cli import UserError, check_output_file, load_policy, pick_device, run_main
+from nano_reasoner.cli import UserError, check_output_file, load_policy, read_jsonl, pick_device, run_main
 from nano_reasoner.evaluate import accuracy_by_difficulty, held_out_problems
 from nano_reasoner.report import write_json, write_report_section
 from nano_reasoner.thinking import thinking_budget
@@ -130,24 +130,15 @@ def parse_args():
 
 def read_problems(path, task):
     """-> (input records, Problems); any bad line is a UserError naming the line."""
-    if not os.path.isfile(path):
-        raise UserError(f"no problems file at {path}")
     records, problems = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):  # bad JSON, a number of over 4300 digits, nesting too deep
-                raise UserError(f"{path}:{number}: not a JSON object; each line must be {{\"problem\": \"...\"}}") from None
-            if not isinstance(record, dict) or not isinstance(record.get("problem"), str):
-                raise UserError(f"{path}:{number}: each line must be {{\"problem\": \"...\"}}")
-            try:
-                problems.append(tasks.parse_problem(task, record["problem"]))
-            except tasks.ProblemError as error:
-                raise UserError(f"{path}:{number}: {error}") from None
-            records.append(record)
+    for number, record in read_jsonl(path, "problems", '{"problem": "..."}'):
+        if not isinstance(record, dict) or not isinstance(record.get("problem"), str):
+            raise UserError(f"{path}:{number}: each line must be {{\"problem\": \"...\"}}")
+        try:
+            problems.append(tasks.parse_problem(task, record["problem"]))
+        except tasks.ProblemError as error:
+            raise UserError(f"{path}:{number}: {error}") from None
+        records.append(record)
     if not problems:
         raise UserError(f"{path} holds no problems")
     return records, problems

@@ -6,6 +6,7 @@ one line on stderr that names the fix and exit code 2, never a traceback. Script
 their `main` in `run_main`, which turns it into that line.
 """
 import contextlib
+import json
 import math
 import os
 import sys
@@ -70,6 +71,22 @@ def parse_range(text, flag):
     if not values:
         raise UserError(f"{flag} {text!r} is empty")
     return tuple(values)
+
+
+def read_jsonl(path, what, line_example):
+    """The JSON values of a JSONL file, one per non-blank line, as (line number, value) pairs; a missing file or a line
+    that is not JSON is a UserError naming the file and line. what: "problems" (for the message); line_example: what
+    a line should look like."""
+    if not os.path.isfile(path):
+        raise UserError(f"no {what} file at {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except (ValueError, RecursionError):  # bad JSON, a number of over 4300 digits, nesting too deep
+                raise UserError(f"{path}:{number}: not a JSON object; each line must be {line_example}") from None
 
 
 def check_output_file(out, input_path, input_flag):
