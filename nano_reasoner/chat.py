@@ -209,6 +209,15 @@ def verify_turn(question, completion):
 # ----------------------------------------------------------------------------------------------------------------------
 # a conversation with a carried KV cache
 
+def reusable_prefix(cached_ids, context_ids):
+    """How many leading tokens of the new context a carried cache still holds: the longest common prefix of what it
+    holds and the context, leaving at least one context token to prefill (its logits give the first new token)."""
+    keep = 0
+    while keep < min(len(cached_ids), len(context_ids) - 1) and cached_ids[keep] == context_ids[keep]:
+        keep += 1
+    return keep
+
+
 class Conversation:
     """One conversation with a model: ask() a line, get a Turn. The KV cache is carried between turns (module
     docstring); prefill_tokens and reencode_tokens count what it saves."""
@@ -250,11 +259,8 @@ class Conversation:
         if room < MIN_ROOM:
             raise ChatError(f"the conversation would take {len(ids)} of the model's {block_size} tokens of context, "
                             f"leaving no room to think: /reset to start a new one (or ask a shorter problem)")
-        # (1) cut the cache back to the prefix it shares with the new context (at least one token is prefilled: its
-        # logits give the first new token)
-        keep = 0
-        while keep < min(len(self.cached_ids), len(ids) - 1) and self.cached_ids[keep] == ids[keep]:
-            keep += 1
+        # (1) cut the cache back to the prefix it shares with the new context
+        keep = reusable_prefix(self.cached_ids, ids)
         self.cache.pos = keep
         # (2) prefill the rest, (3) decode until eos
         tokens = self._generate(ids[keep:], min(self.max_new_tokens, room))
@@ -339,11 +345,12 @@ def _trace(question, granularity, countdown_products):
     return steps, answer
 
 
-def training_examples(tokenizer, n, seed, mix=ChatMix(), exclude=(), granularity="digits", countdown_products="digits",
+def training_examples(tokenizer, n, seed, mix=None, exclude=(), granularity="digits", countdown_products="digits",
                       keep_thinking=False):
     """n training examples (data.Example) of the chat format and, for plain_share of them, the plain format.
     exclude: problem texts never to use as a first turn (the held-out sets). keep_thinking: earlier turns keep their
     thinking (the comparison of the README; chat.py drops it)."""
+    mix = mix or ChatMix()
     rng = random.Random(seed)
     exclude = set(exclude)
     arith_pool = [p for p in arith.generate(n + 100, seed=seed + 1, difficulties=mix.first_ops) if p.text not in exclude]
@@ -423,9 +430,7 @@ def evaluate_conversations(model, tokenizer, conversations, *, keep_thinking=Fal
             for row, (index, question, ids) in enumerate(chunk):
                 tokens = sampled.row_tokens(row)
                 completion = tokenizer.decode(tokens)
-                keep = 0  # the prefix a carried cache would still hold (Conversation.ask)
-                while keep < min(len(previous_ids[index]), len(ids) - 1) and previous_ids[index][keep] == ids[keep]:
-                    keep += 1
+                keep = reusable_prefix(previous_ids[index], ids)  # what a carried cache would still hold
                 results[index].turns.append(Turn(question, completion, tokens, reply_of(completion),
                                                  verify_turn(question, completion), len(ids), len(ids) - keep))
                 previous_ids[index] = ids + tokens[:-1]

@@ -284,3 +284,10 @@ def test_interactive_mode_through_a_terminal(chat_checkpoint):
         if process.poll() is None:
             process.kill()
         os.close(main_fd)
+
+
+def test_reusable_prefix_is_the_common_prefix_leaving_one_token_to_prefill():
+    assert chat.reusable_prefix([1, 5, 7, 9], [1, 5, 8]) == 2   # diverges at the third token
+    assert chat.reusable_prefix([1, 5, 7], [1, 5, 7, 4, 4]) == 3  # the cache holds all of it: only the new tokens
+    assert chat.reusable_prefix([1, 5, 7], [1, 5, 7]) == 2        # identical: the last token is pushed again
+    assert chat.reusable_prefix([], [1, 5]) == 0
