@@ -212,10 +212,12 @@ def verify_turn(question, completion):
 def reusable_prefix(cached_ids, context_ids):
     """How many leading tokens of the new context a carried cache still holds: the longest common prefix of what it
     holds and the context, leaving at least one context token to prefill (its logits give the first new token)."""
+    # BEGIN SOLUTION part 14
     keep = 0
     while keep < min(len(cached_ids), len(context_ids) - 1) and cached_ids[keep] == context_ids[keep]:
         keep += 1
     return keep
+    # END SOLUTION
 
 
 class Conversation:

@@ -122,6 +122,7 @@ def filter_verified(problems, prompts, per_problem, keep_per_problem, eos_id):
 
     An attempt is kept only if the exact verifier calls it correct and it ended with eos (a completion cut by the
     token budget would teach the model not to stop). -> list of KeptAttempt."""
+    # BEGIN SOLUTION part 9
     kept = []
     for problem, prompt, samples in zip(problems, prompts, per_problem):
         seen, candidates = set(), []
@@ -132,6 +133,7 @@ def filter_verified(problems, prompts, per_problem, keep_per_problem, eos_id):
                 candidates.append(tokens)
         candidates.sort(key=len)  # shortest first: of two right searches, the one that wasted fewer tokens
         kept.extend(KeptAttempt(problem, prompt + tokens, len(prompt)) for tokens in candidates[:keep_per_problem])
+    # END SOLUTION
     return kept
 
 

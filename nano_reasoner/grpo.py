@@ -175,6 +175,7 @@ def group_advantages(rewards, group_size, eps=1e-4, divide_by_std=True):
     rewards (N,) with N = B * G -> advantages (N,). Each group's advantages sum to zero; equal rewards give zero.
     """
     assert rewards.dim() == 1 and rewards.numel() % group_size == 0
+    # BEGIN SOLUTION part 10
     grouped = rewards.view(-1, group_size)                 # (B, G)
     mean = grouped.mean(dim=1, keepdim=True)               # (B, 1)
     std = grouped.std(dim=1, unbiased=False, keepdim=True)  # (B, 1) population std of the group
@@ -183,6 +184,7 @@ def group_advantages(rewards, group_size, eps=1e-4, divide_by_std=True):
     # which Adam (it divides by the gradient's own scale) would turn into full-size random steps
     is_uniform = grouped.max(dim=1, keepdim=True).values == grouped.min(dim=1, keepdim=True).values  # (B, 1)
     return advantages.masked_fill(is_uniform, 0.0).view(-1)  # (N,)
+    # END SOLUTION
 
 
 def process_advantages(step_scores, step_ends, group_size, num_tokens, eps=1e-4):
@@ -251,6 +253,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps, 
     old_logprobs, ref_logprobs = old_logprobs.detach(), ref_logprobs.detach()  # only pi_theta is trained
     mask_float = mask.float()
 
+    # BEGIN SOLUTION part 11
     # rho_t = pi_theta / pi_old = exp(log pi_theta - log pi_old)
     ratio = torch.exp(logprobs - old_logprobs)                                   # (N, T)
     # min(rho A, clip(rho, 1 - eps, 1 + eps) A): the pessimistic bound of PPO
@@ -268,6 +271,7 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps, 
     else:
         # J = 1/sum_i |o_i| sum_i sum_t term_{i,t}
         objective = per_token.sum() / mask_float.sum().clamp(min=1)
+    # END SOLUTION
 
     num_tokens = mask_float.sum().clamp(min=1)
     with torch.no_grad():

@@ -92,7 +92,9 @@ class Node:
 
 def puct(child, parent_visits, c_puct):
     # Q(s, a) + c_puct * P(s, a) * sqrt(N(s)) / (1 + N(s, a))
+    # BEGIN SOLUTION part 13
     return child.q() + c_puct * child.prior * math.sqrt(parent_visits) / (1 + child.visits + child.virtual_visits)
+    # END SOLUTION
 
 
 def may_widen(node, widening):
@@ -118,9 +120,11 @@ def select(root, c_puct, widening=None):
 
 def backup(path, value):
     """(4) Every node on the path was visited once more and earned `value`."""
+    # BEGIN SOLUTION part 13
     for node in path:
         node.visits += 1
         node.value_sum += value
+    # END SOLUTION
 
 
 def split_steps(tokens, logprobs, step_end_id, eos_id):

@@ -97,11 +97,13 @@ class KVCache:
 
     def append(self, layer, new_keys, new_values):
         """Write this chunk's (B, n_head, T, head_dim) keys and values at pos; return all keys and values so far."""
+        # BEGIN SOLUTION part 3
         T = new_keys.shape[2]
         assert self.pos + T <= self.max_len, f"KV cache full: {self.pos} + {T} > {self.max_len} slots"
         self.keys[layer, :, :, self.pos:self.pos + T] = new_keys
         self.values[layer, :, :, self.pos:self.pos + T] = new_values
         return self.keys[layer, :, :, :self.pos + T], self.values[layer, :, :, :self.pos + T]
+        # END SOLUTION
 
     def advance(self, num_tokens):
         self.pos += num_tokens
@@ -161,12 +163,14 @@ def rope_tables(head_dim, max_positions, base=10000.0):
 
 def apply_rope(x, cos, sin):
     """Rotate each pair (x_i, x_{i + head_dim/2}) of x (B, n_head, T, head_dim); cos, sin are (B, T, head_dim/2)."""
+    # BEGIN SOLUTION part 2
     half = x.shape[-1] // 2
     cos = cos[:, None].to(x.dtype)  # (B, 1, T, head_dim/2), shared by all heads
     sin = sin[:, None].to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     # [x1; x2] -> [x1 cos - x2 sin; x1 sin + x2 cos], a 2-D rotation of each pair
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    # END SOLUTION
 
 
 class RMSNorm(nn.Module):
@@ -200,12 +204,14 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # BEGIN SOLUTION part 3
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)                        # (B, n_head, T_keys, head_dim)
         if mask is None:  # no padding, no cache: the fused kernel builds the causal mask itself
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # END SOLUTION
         y = y.transpose(1, 2).contiguous().view(B, T, heads_width)     # heads side by side again
         return self.c_proj(y)
 

@@ -161,6 +161,7 @@ def aggregate(step_scores, how="min"):
     A solution with no scoring position (nothing finished, not even one step) scores 0: nothing vouches for it."""
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregation {how!r}: choose one of {', '.join(AGGREGATIONS)}")
+    # BEGIN SOLUTION part 7
     if not step_scores:
         return 0.0
     if how == "min":
@@ -173,6 +174,7 @@ def aggregate(step_scores, how="min"):
             product *= p
         return product
     return step_scores[-1]
+    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -258,6 +260,7 @@ def monte_carlo_rollouts(policy, tokenizer, traces, k, *, temperature=1.0, seed=
 
 def monte_carlo_labels(rollouts, k, hard):
     """Labels from the first k rollouts of each position: hard = 1 if any is correct, soft = the fraction correct."""
+    # BEGIN SOLUTION part 8
     labels = []
     for trace_rollouts in rollouts:
         assert all(len(r) >= k for r in trace_rollouts), f"fewer than {k} rollouts per position"
@@ -265,6 +268,7 @@ def monte_carlo_labels(rollouts, k, hard):
             labels.append([float(any(r[:k])) for r in trace_rollouts])
         else:
             labels.append([sum(r[:k]) / k for r in trace_rollouts])
+    # END SOLUTION
     return labels
 
 
@@ -274,6 +278,7 @@ def monte_carlo_labels(rollouts, k, hard):
 def verifier_loss(model, tokenizer, prompts, completions, labels):
     """Binary cross-entropy of sigmoid(score) against labels in [0, 1], averaged over all scoring positions of the
     batch (the formula in the module docstring). labels: per sequence, one float per scoring position."""
+    # BEGIN SOLUTION part 6
     logits, is_read = position_logits(model, tokenizer, prompts, completions)   # (B, S) each
     targets = torch.zeros_like(logits, dtype=torch.float32)                     # (B, S)
     for row, row_labels in enumerate(labels):
@@ -282,6 +287,7 @@ def verifier_loss(model, tokenizer, prompts, completions, labels):
         targets[row, :len(row_labels)] = torch.tensor(row_labels, dtype=torch.float32)
     position_losses = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")  # (B, S)
     return (position_losses * is_read).sum() / is_read.sum().clamp(min=1)
+    # END SOLUTION
 
 
 def ranking_pairs(traces):

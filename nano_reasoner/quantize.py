@@ -65,15 +65,19 @@ TINY = 1e-12  # the scale of an all-zero row or group, instead of 0: q = 0 and t
 def quantize_int8(weight):
     """(out, in) float weight -> q (out, in) int8, scale (out, 1) float32."""
     assert weight.dim() == 2, f"a weight matrix is (out, in), got {tuple(weight.shape)}"
+    # BEGIN SOLUTION part 15
     weight = weight.float()
     scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=TINY) / INT8_MAX  # s_i = max_j |W_ij| / 127, (out, 1)
     q = torch.round(weight / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)  # (out, in)
     return q, scale
+    # END SOLUTION
 
 
 def dequantize_int8(q, scale):
     """q (out, in) int8, scale (out, 1) -> W_hat (out, in) float32."""
+    # BEGIN SOLUTION part 15
     return q.float() * scale
+    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ def left_pad(prompts, pad_id, device):
 
 def filter_logits(logits, top_k, top_p):
     """Set to -inf every logit outside the top k and outside the smallest set of tokens with mass >= top_p."""
+    # BEGIN SOLUTION part 4
     if top_k is not None:
         kth_largest = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (A, 1)
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -109,6 +110,7 @@ def filter_logits(logits, top_k, top_p):
         is_dropped_sorted = mass_above >= top_p
         is_dropped = is_dropped_sorted.scatter(-1, sorted_index, is_dropped_sorted)  # back to vocabulary order
         logits = logits.masked_fill(is_dropped, float("-inf"))
+    # END SOLUTION
     return logits
 
 
@@ -127,6 +129,7 @@ class ThinkingBudget:
 def force_budget(next_tokens, think_count, is_thinking, at_line_start, budget):
     """(A,) sampled tokens -> (A,) tokens after budget forcing. think_count (A,) thinking tokens written so far,
     is_thinking (A,) no `</think>` yet, at_line_start (A,) the last token ended a line (or the prompt ended)."""
+    # BEGIN SOLUTION part 5
     tokens = next_tokens
     if budget.min_think is not None:  # the floor: an early end of thinking becomes an undo line
         wants_to_stop = (tokens == budget.end_think_id) | (tokens == budget.stop_id)
@@ -135,6 +138,7 @@ def force_budget(next_tokens, think_count, is_thinking, at_line_start, budget):
         is_over = is_thinking & (think_count >= budget.max_think - 1)
         tokens = torch.where(is_over & at_line_start, budget.end_think_id, tokens)
         tokens = torch.where(is_over & ~at_line_start, budget.newline_id, tokens)
+    # END SOLUTION
     return tokens
 
 

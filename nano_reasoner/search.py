@@ -186,9 +186,11 @@ def pick_from_pool(pool, n, strategy, how="min", policy_params=0, verifier_param
     if strategy == "sample":
         chosen = 0
     elif strategy == "vote":
-        counts = Counter(key for key in pool.keys[:n] if key is not None)
         # most common answer; ties go to the answer seen first, so the choice is deterministic
+        # BEGIN SOLUTION part 12
+        counts = Counter(key for key in pool.keys[:n] if key is not None)
         chosen = max(range(n), key=lambda i: (counts[pool.keys[i]] if pool.keys[i] is not None else -1, -i))
+        # END SOLUTION
     elif strategy == "bon":
         chosen = max(range(n), key=lambda i: (scores[i], -i))
     elif strategy == "check":
@@ -197,12 +199,14 @@ def pick_from_pool(pool, n, strategy, how="min", policy_params=0, verifier_param
     else:
         assert strategy == "wvote", f"unknown pool strategy {strategy!r}"
         # weight(answer) = sum of the verifier scores of the samples that gave it
+        # BEGIN SOLUTION part 12
         weights = defaultdict(float)
         for key, score in zip(pool.keys[:n], scores):
             if key is not None:
                 weights[key] += score
         chosen = max(range(n), key=lambda i: (weights[pool.keys[i]] if pool.keys[i] is not None else -1.0,
                                               scores[i], -i))
+        # END SOLUTION
     return Answer(pool.problem, pool.texts[chosen], pool.samples[chosen], compute,
                   scores[chosen] if scores else None, candidates=n)
 

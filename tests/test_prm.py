@@ -239,6 +239,28 @@ def test_a_tiny_training_run_lowers_the_loss(tokenizer, one_thread):
     assert losses[-1] < 0.85 * constant_guess_loss
 
 
+def test_verifier_loss_by_hand_with_soft_labels_and_padding(tokenizer, one_thread):
+    verifier = prm.verifier_from_policy(random_policy(tokenizer))
+    torch.nn.init.normal_(verifier.scalar_head.weight, std=0.5)
+    # two solutions of different lengths (the shorter is padded) with soft labels, as Monte-Carlo labelling gives
+    traces = [prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, GOOD_STEPS, GOOD_ANSWER)),
+              prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, EARLY_STEPS, EARLY_ANSWER,
+                                                              has_eos=False))]
+    prompts, completions = [t.prompt for t in traces], [t.completion for t in traces]
+    assert len(traces[0].exact) > len(traces[1].exact) > 0  # so one row of the batch is padded
+    labels = [[(i % 4) / 4 for i in range(len(t.exact))] for t in traces]
+    # the hand computation: sigmoid scores read one solution at a time, then BCE averaged over all positions
+    terms = []
+    for prompt, completion, row_labels in zip(prompts, completions, labels):
+        scores = prm.score_steps(verifier, tokenizer, [prompt], [completion])[0]
+        assert len(scores) == len(row_labels)
+        terms += [-(y * math.log(p) + (1 - y) * math.log(1 - p)) for p, y in zip(scores, row_labels)]
+    loss = prm.verifier_loss(verifier, tokenizer, prompts, completions, labels)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), abs=1e-5)
+    with pytest.raises(AssertionError, match="labels for"):
+        prm.verifier_loss(verifier, tokenizer, prompts, completions, [labels[0], labels[1][:-1]])
+
+
 def test_ranking_pairs_are_right_wrong_pairs_of_the_same_problem(tokenizer):
     other = tasks.Problem("arith", "5+6", 1)
     traces = [prm.label_trace(tokenizer, ARITH, *encode_trace(tokenizer, ARITH, GOOD_STEPS, GOOD_ANSWER)),

@@ -310,11 +310,11 @@ def make_workspace(work):
     (work / "truncated.pt").write_bytes((work / "policy.pt").read_bytes()[:3000])
     torch.save({"model_state": RunsCodeWhenUnpickled()}, work / "evil.pt")
     quantized = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
-    quantize_model(quantized, "int8")
-    for name, scheme in [("quantized.pt", "int8"), ("bad_scheme.pt", "int3")]:
+    quantize_model(quantized, "int4", group_size=32)  # int4, not int8: the bad inputs need no part of the assignment
+    for name, scheme in [("quantized.pt", "int4"), ("bad_scheme.pt", "int3")]:
         save_checkpoint(str(work / name), kind="policy", model_state=quantized.state_dict(),
                         model_config=vars(quantized.config), tokenizer_bytes=policy_bytes, step=0,
-                        extra={"quantization": {"scheme": scheme, "group_size": None}})
+                        extra={"quantization": {"scheme": scheme, "group_size": 32}})
 
     (work / "good.jsonl").write_text('{"problem": "7+3"}\n')
     (work / "not_json.jsonl").write_text('{"problem": "7+3"}\nproblem: 7+3\n')

@@ -343,6 +343,7 @@ def search_solve(problem, products="digits"):
     target always reaches it: the teacher knows (the solver), the model learns to guess it. A problem whose every
     solution needs two numbers made apart (`(a+b)*(c+d)`, about 5% of 4-number ones) is not found by chains: after
     the last root move it is solved straight from the problem (shortest_solution). Deterministic for a problem."""
+    # BEGIN SOLUTION part 1
     numbers, target = parse_numbers(problem.text)
     if not is_reachable(numbers, target):
         raise ProblemError(f"{problem.text} has no solution")
@@ -363,6 +364,7 @@ def search_solve(problem, products="digits"):
     lines.append(undo_line(_state_text(numbers), tried))
     steps, answer = _write_steps(numbers, shortest_solution(numbers, target, random.Random(problem.text)), products)
     return lines + steps, answer
+    # END SOLUTION
 
 
 def check_step(numbers, line):
