@@ -43,6 +43,7 @@ class Compute:
     generated_tokens: int = 0
     verifier_tokens: int = 0
     redundant_prefill_tokens: int = 0
+    tree_tokens: int = 0  # beam search and MCTS: the unique tokens of their tree (prompt + every distinct step)
 
     def add_policy(self, prefill_tokens: int, row_lengths: list[int], redundant_prefill_tokens: int = 0):
         """Charge sampling after one prefill of `prefill_tokens` tokens: rows of the given lengths were generated.
@@ -76,7 +77,7 @@ class Compute:
         assert (self.policy_params, self.verifier_params) == (other.policy_params, other.verifier_params), \
             "adding accounts of different models"
         for name in ("prefill_tokens", "decode_tokens", "generated_tokens", "verifier_tokens",
-                     "redundant_prefill_tokens"):
+                     "redundant_prefill_tokens", "tree_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
 

@@ -54,14 +54,16 @@ to see what the PRM alone is worth.
 
 Simplifications compared with the papers: rollouts come from the policy itself at the search temperature (no
 separate fast rollout policy); priors are normalised over the children found so far; no Dirichlet noise at the root;
-no tree reuse between problems; each expansion re-prefills its whole prefix instead of reusing the parent's KV cache
-(the waste is counted as redundant prefill in compute.py).
+no tree reuse between problems. Each node keeps the KV of its step (prefix_cache.py), so an expansion prefills one
+token (the last of the node's step, which no rollout fed back) instead of the node's whole context; `tree_tokens`
+counts the tree's unique tokens, against which compute.py's prefill is measured.
 """
 import math
 from dataclasses import dataclass, field
 
 from nano_reasoner import tasks
 from nano_reasoner.compute import Compute, sample_tokens
+from nano_reasoner.prefix_cache import concat, path_kv
 from nano_reasoner.prm import aggregate
 from nano_reasoner.sampling import generate
 from nano_reasoner.search import MAX_LENGTH_FACTOR, MAX_ROWS_PER_CALL, Answer, encode_prompts
@@ -83,6 +85,11 @@ class Node:
     virtual_visits: int = 0       # pending selections of this round
     logprob: float = 0.0          # log pi(a | s) of the step that led here, summed over its tokens
     saturated: bool = False       # its children hold SATURATED_MASS of pi( . | s): do not widen again
+    kv: object = None             # prefix cache: PrefixKV of this step's tokens (maybe all but its last few), or None
+
+    def step_length(self):
+        """Tokens of the step that led here (the root has none)."""
+        return len(self.tokens) - (len(self.parent.tokens) if self.parent is not None else 0)
 
     def q(self):
         """Q(s, a) = W / N; a node not yet visited is worth its own value."""
@@ -181,6 +188,35 @@ class Tree:
     checker: object = None        # tokens -> bool: the task's test-time checker, or None
     solved: "Node | None" = None  # the first finished solution the checker accepted
     simulations: int = 0
+    prompt_kv: object = None      # prefix cache: PrefixKV of the prompt, from the first expansion on
+    prefix_cache: bool = True     # reuse the KV of the path (prefix_cache.py); False: prefill the whole prefix
+
+
+def cached_prefix(tree, path):
+    """The PrefixKV of prompt + path's steps that the tree already holds (prefix_cache.path_kv), or None; at least the
+    last token is left out, since its logits start the sampling."""
+    if not tree.prefix_cache:
+        return None
+    kv = path_kv([tree.prompt_kv] + [node.kv for node in path[1:]],
+                 [len(tree.prompt)] + [node.step_length() for node in path[1:]])
+    context_length = len(tree.prompt) + len(path[-1].tokens)
+    return kv.slice(0, context_length - 1) if kv is not None and len(kv) >= context_length else kv
+
+
+def store_kv(tree, nodes, row_kv, row_start):
+    """Give the prompt and each node the KV of its tokens that it lacks and that a rollout computed: row_kv holds the
+    KV of the rollout's sequence (prompt + tokens) from token row_start on."""
+    spans = [(len(tree.prompt), 0, tree.prompt_kv)] + [
+        (node.step_length(), len(tree.prompt) + len(node.tokens) - node.step_length(), node.kv) for node in nodes]
+    new_kv = []
+    for length, start, held in spans:
+        missing_from = start + (0 if held is None else len(held))  # first token of the span without KV
+        assert held is None or len(held) == length or missing_from >= row_start, "a gap in the cached prefix"
+        fresh = row_kv.slice(missing_from - row_start, start + length - row_start) if missing_from >= row_start else None
+        new_kv.append(concat([held, fresh]) if fresh is not None and len(fresh) > 0 else held)
+    tree.prompt_kv = new_kv[0]
+    for node, kv in zip(nodes, new_kv[1:]):
+        node.kv = kv
 
 
 def expand(selections, policy, tokenizer, verifier, *, rollouts_per_expansion, mix, temperature, seed):
@@ -188,31 +224,38 @@ def expand(selections, policy, tokenizer, verifier, *, rollouts_per_expansion, m
     scores all rollouts, and each rollout is grafted and backed up. selections: (tree, path to the node)."""
     k = rollouts_per_expansion
     prefixes = [tree.prompt + path[-1].tokens for tree, path in selections]
+    cached = [cached_prefix(tree, path) for tree, path in selections]
     longest_solution = max(MAX_LENGTH_FACTOR * sample_tokens(tokenizer, tree.problem.task, tree.problem.difficulty)
                            for tree, _ in selections)
     room = min(policy.config.block_size - max(len(prefix) for prefix in prefixes), longest_solution)
-    rows, row_logprobs = [], []
+    rows, row_logprobs, row_kv, prefilled = [], [], [], []
     per_call = max(1, MAX_ROWS_PER_CALL // k)
     for start in range(0, len(prefixes), per_call):
         result = generate(policy, prefixes[start:start + per_call], room, num_samples=k, temperature=temperature,
-                          stop_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, seed=seed + start)
+                          stop_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id, seed=seed + start,
+                          prefix_kv=cached[start:start + per_call], return_kv=True)
+        prefilled += result.prefill_by_prompt
         for row in range(result.tokens.shape[0]):
             rows.append(result.row_tokens(row))
             row_logprobs.append(result.logprobs[row, :len(rows[-1])].tolist())
+            row_kv.append(result.kv[row])
     completions = [path[-1].tokens + rows[i * k + j] for i, (_, path) in enumerate(selections) for j in range(k)]
     prompts = [tree.prompt for tree, _ in selections for _ in range(k)]
     all_scores = verifier.score_steps(prompts, completions)
     for index, (tree, path) in enumerate(selections):
         node = path[-1]
-        # a prefix KV cache would already hold all of the prefix but its newest token (never fed back)
-        tree.compute.add_policy(prefill_tokens=len(prefixes[index]),
+        # without the prefix cache, everything but the newest token (never fed back) is prefilled again
+        is_redundant = node is not tree.root and not tree.prefix_cache
+        tree.compute.add_policy(prefill_tokens=prefilled[index],
                                 row_lengths=[len(row) for row in rows[index * k:(index + 1) * k]],
-                                redundant_prefill_tokens=0 if node is tree.root else len(prefixes[index]) - 1)
+                                redundant_prefill_tokens=len(prefixes[index]) - 1 if is_redundant else 0)
         tree.compute.add_verifier(verifier.count_tokens(prompts[index * k:(index + 1) * k],
                                                         completions[index * k:(index + 1) * k]))
         for j in range(index * k, (index + 1) * k):
             steps = split_steps(rows[j], row_logprobs[j], tokenizer.step_end_id, tokenizer.eos_id)
             below = graft(node, steps, all_scores[j], tokenizer.eos_id, tree.checker) if steps else []
+            if tree.prefix_cache:
+                store_kv(tree, path[1:] + below, row_kv[j], 0 if cached[index] is None else len(cached[index]))
             end = below[-1] if below else node
             first = below[0] if below else node
             # AlphaGo's leaf evaluation: (1 - mix) * v(the rollout's first step) + mix * z(the rollout's end)
@@ -257,11 +300,13 @@ def mcts(policy, tokenizer, problems, verifier, budget, *, pick="visits", how="m
 
 
 def grow_trees(policy, tokenizer, problems, verifier, budget, *, rollouts_per_expansion=2, expansions_per_round=2,
-               c_puct=1.0, widening=1.0, mix=0.8, temperature=1.0, max_simulations=None, use_checker=True, seed=0):
+               c_puct=1.0, widening=1.0, mix=0.8, temperature=1.0, max_simulations=None, use_checker=True, seed=0,
+               prefix_cache=True):
     """One search tree per problem, all grown together until each has spent its token budget or is solved.
     widening: the progressive-widening constant (None: expand leaves only). mix: the weight of a rollout's outcome
     against the PRM's value of its first step in what is backed up. use_checker: value finished solutions by the
-    task's test-time checker where it has one (countdown)."""
+    task's test-time checker where it has one (countdown). prefix_cache: nodes keep the KV of their steps and an
+    expansion prefills only what no rollout has fed through the model (prefix_cache.py)."""
     assert verifier is not None, "MCTS takes its values from a verifier: give one"
     assert budget >= 1
     max_simulations = max_simulations or 8 * budget + 16
@@ -273,7 +318,8 @@ def grow_trees(policy, tokenizer, problems, verifier, budget, *, rollouts_per_ex
         return lambda tokens: tasks.check(problem, tokenizer.decode(tokens))
 
     trees = [Tree(problem, prompt, Node([], 1.0, 1.0, [], False), Compute(policy.num_params(), verifier.params),
-                  budget * sample_tokens(tokenizer, problem.task, problem.difficulty), checker_of(problem))
+                  budget * sample_tokens(tokenizer, problem.task, problem.difficulty), checker_of(problem),
+                  prefix_cache=prefix_cache)
              for prompt, problem in zip(prompts, problems)]
     options = dict(rollouts_per_expansion=rollouts_per_expansion, mix=mix, temperature=temperature)
     for round_index in range(10 ** 6):
@@ -307,7 +353,18 @@ def grow_trees(policy, tokenizer, problems, verifier, budget, *, rollouts_per_ex
         # (2) + (3) + (4) for every node to expand, all trees in one sampler call and one verifier call
         if to_expand:
             expand(to_expand, policy, tokenizer, verifier, seed=seed + 7919 * round_index, **options)
+    for tree in trees:  # the unique tokens of each tree: the prompt and every node's step
+        tree.compute.tree_tokens = len(tree.prompt) + _sum_steps(tree.root)
     return trees
+
+
+def _sum_steps(root):
+    stack, total = [root], 0
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        total += node.step_length()
+    return total
 
 
 def _count_terminals(root):

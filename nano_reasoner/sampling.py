@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from nano_reasoner.model import KVCache, positions_from_mask
+from nano_reasoner.prefix_cache import PrefixKV
 
 
 @dataclass
@@ -67,6 +68,9 @@ class SampleResult:
     hit_stop: torch.Tensor    # (N,) bool, the row ended on a stop token (False: it ran out of max_new_tokens)
     prefill_tokens: int       # real prompt tokens pushed through the model in prefill (independent of num_samples)
     decode_tokens: int        # (row, step) evaluations of live rows in decoding; finished rows stop counting
+    prefill_by_prompt: list | None = None  # (B,) of prefill_tokens: each prompt's tokens pushed through in prefill
+    kv: list | None = None    # return_kv: per row, a PrefixKV of the tokens this call computed (kv_start below)
+    kv_start: list | None = None  # per row, where its kv starts in prompt + generated tokens (= its cached prefix)
 
     def row_tokens(self, i) -> list[int]:
         """The real generated tokens of row i, as a list."""
@@ -160,7 +164,8 @@ def choose_next_tokens(logits, temperature, top_k, top_p, generator):
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_samples: int = 1, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, stop_ids: Sequence[int] = (), pad_id: int = 0,
-             seed: int = 0, device=None, budget: ThinkingBudget | None = None, retire_share: float = 0.25) -> SampleResult:
+             seed: int = 0, device=None, budget: ThinkingBudget | None = None, retire_share: float = 0.25,
+             prefix_kv: list | None = None, return_kv: bool = False) -> SampleResult:
     """
     Sample up to max_new_tokens after each prompt, num_samples times per prompt, with a KV cache.
 
@@ -171,6 +176,9 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     budget: budget forcing (ThinkingBudget); every prompt must then end inside the thinking, at the start of a line.
     retire_share: done rows leave the cache once they are this share of its rows (0: at every finished row); the
     samples are the same whatever it is, only the time differs (benchmarks/bench_retire.py).
+    prefix_kv: per prompt, a PrefixKV of its first tokens (all but at least the last) or None; only the rest is
+    prefilled (prefix_cache.py). return_kv: the result holds, per row, the KV of every token the call computed, from
+    the end of its cached prefix to its last token fed back (the last generated token never is).
     """
     assert len(prompts) > 0 and all(len(prompt) > 0 for prompt in prompts), "every prompt needs at least one token"
     assert max_new_tokens >= 1 and num_samples >= 1
@@ -186,16 +194,31 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     B = len(prompts)
     N = B * num_samples
 
-    # (1) prefill: every prompt once, left-padded, with its own positions
+    # (1) prefill: every prompt once, left-padded, with its own positions. With prefix_kv, each row's cached KV is
+    # copied into its slots and only the last R columns are pushed through the model, R = the longest uncached tail
     prompt_tokens, prompt_is_real = left_pad(prompts, pad_id, device)  # (B, P) each
     P = prompt_tokens.shape[1]
     max_len = P + max_new_tokens
     cache_dtype = torch.bfloat16 if is_cuda else next(model.parameters()).dtype
     cache = KVCache(config, B, max_len, device, cache_dtype)
+    prompt_lengths = [len(prompt) for prompt in prompts]
+    cached = [0] * B if prefix_kv is None else [0 if kv is None else len(kv) for kv in prefix_kv]
+    assert len(cached) == B and all(c < n for c, n in zip(cached, prompt_lengths)), \
+        "a cached prefix must leave at least the prompt's last token to prefill (its logits start the sampling)"
+    R = max(n - c for n, c in zip(prompt_lengths, cached))  # columns to prefill
+    for row, kv in enumerate(prefix_kv or []):
+        first_slot, num_copied = P - prompt_lengths[row], prompt_lengths[row] - R  # tokens left of the prefill
+        if kv is not None and num_copied > 0:
+            cache.keys[:, row, :, first_slot:P - R] = kv.keys[:, :, :num_copied].to(cache_dtype)
+            cache.values[:, row, :, first_slot:P - R] = kv.values[:, :, :num_copied].to(cache_dtype)
+    cache.advance(P - R)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=is_cuda):
-        logits, _ = model(prompt_tokens, positions=positions_from_mask(prompt_is_real), attn_mask=prompt_is_real,
-                          kv_cache=cache)  # (B, P, V)
-    prefill_tokens = int(prompt_is_real.sum())
+        logits, _ = model(prompt_tokens[:, P - R:], positions=positions_from_mask(prompt_is_real)[:, P - R:],
+                          attn_mask=prompt_is_real, kv_cache=cache)  # (B, R, V)
+    prefill_by_prompt = prompt_is_real[:, P - R:].sum(dim=1).tolist()  # a tail shorter than R is partly recomputed
+    prefill_tokens = sum(prefill_by_prompt)
+    # return_kv: row i's new KV runs from slot kv_first_slot[i] (its first token not cached before) to its end
+    kv_first_slot = torch.tensor([P - n + c for n, c in zip(prompt_lengths, cached)], device=device)  # (B,)
     last_logits = logits[:, -1].float()  # (B, V): left padding puts every prompt's last token in the last column
     key_is_real = torch.ones(B, max_len, dtype=torch.bool, device=device)  # (B, max_len): generated tokens are real
     key_is_real[:, :P] = prompt_is_real
@@ -208,6 +231,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
         last_logits = last_logits[fork_index]    # (N, V)
         key_is_real = key_is_real[fork_index]    # (N, max_len)
         next_position = next_position[fork_index]
+        kv_first_slot = kv_first_slot[fork_index]
 
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(N, max_new_tokens, device=device)
@@ -216,6 +240,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     active_rows = torch.arange(N, device=device)  # (A,) output row of each row still in the cache
     is_done = torch.zeros(N, dtype=torch.bool, device=device)  # (A,) the row emitted a stop token (stage 4)
     decode_tokens = 0
+    row_kv = [None] * N  # return_kv: each row's PrefixKV, taken when it leaves the cache
     think_count = torch.zeros(N, dtype=torch.long, device=device)  # (A,) budget forcing's state (ThinkingBudget)
     is_thinking = torch.ones(N, dtype=torch.bool, device=device)
     at_line_start = torch.ones(N, dtype=torch.bool, device=device)
@@ -242,10 +267,12 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
 
         # (4) retire done rows, a quarter of the cache at a time (module docstring)
         if int(is_done.sum()) >= max(1.0, retire_share * is_done.numel()):
+            if return_kv:
+                _take_kv(cache, is_done.nonzero().squeeze(1), active_rows, kv_first_slot, lengths, P, row_kv)
             keep = (~is_done).nonzero().squeeze(1)  # (A',)
             cache.select_rows(keep)
             active_rows, next_tokens, is_done = active_rows[keep], next_tokens[keep], is_done[keep]
-            key_is_real, next_position = key_is_real[keep], next_position[keep]
+            key_is_real, next_position, kv_first_slot = key_is_real[keep], next_position[keep], kv_first_slot[keep]
             think_count, is_thinking, at_line_start = think_count[keep], is_thinking[keep], at_line_start[keep]
 
         # (5) decode: push each row's new token through the model, appending to the cache
@@ -256,8 +283,22 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
         next_position = next_position + 1
         decode_tokens += int((~is_done).sum())  # tokens generated; a done row's wasted pass is not the method's cost
 
+    if return_kv:  # the rows still in the cache
+        _take_kv(cache, torch.arange(active_rows.numel(), device=device), active_rows, kv_first_slot, lengths, P, row_kv)
+    kv_start = [cached[row // num_samples] for row in range(N)] if return_kv else None
     return SampleResult(tokens=tokens, logprobs=logprobs, lengths=lengths, hit_stop=hit_stop,
-                        prefill_tokens=prefill_tokens, decode_tokens=decode_tokens)
+                        prefill_tokens=prefill_tokens, decode_tokens=decode_tokens, prefill_by_prompt=prefill_by_prompt,
+                        kv=row_kv if return_kv else None, kv_start=kv_start)
+
+
+def _take_kv(cache, cache_rows, active_rows, kv_first_slot, lengths, P, row_kv):
+    """Copy out the KV of cache rows `cache_rows` (their output rows: active_rows[cache_rows]) from their first new
+    slot to their last token fed back: generated token t sits in slot P + t and the last one is never fed."""
+    for cache_row in cache_rows.tolist():
+        out_row = int(active_rows[cache_row])
+        first, end = int(kv_first_slot[cache_row]), P + int(lengths[out_row]) - 1
+        row_kv[out_row] = PrefixKV(cache.keys[:, cache_row, :, first:end].clone(),
+                                   cache.values[:, cache_row, :, first:end].clone())
 
 
 @torch.no_grad()

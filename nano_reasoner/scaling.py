@@ -76,6 +76,7 @@ def summarise(task, strategy, budget, answers):
             "prefill_tokens": mean([c.prefill_tokens for _, c in rows]),
             "verifier_tokens": mean([c.verifier_tokens for _, c in rows]),
             "redundant_prefill_tokens": mean([c.redundant_prefill_tokens for _, c in rows]),
+            "tree_tokens": mean([c.tree_tokens for _, c in rows]),
         })
     return records
 
@@ -218,9 +219,8 @@ def report_markdown(records, task_names, plot_files, seconds, num_problems, budg
         reuse = [r for r in records if r["task"] == task and r["difficulty"] == "all" and r["strategy"] in
                  ("beam", "mcts") and r["budget"] == 16]
         for r in reuse:
-            lines.append(f"Prefix reuse: {r['strategy']}@16 recomputes {r['redundant_prefill_tokens']:.0f} prefix "
-                         f"tokens per problem; a prefix KV cache would cut its FLOPs from {r['flops']:.3g} to "
-                         f"{r['flops_with_prefix_reuse']:.3g} ({1 - r['flops_with_prefix_reuse'] / r['flops']:.0%} "
-                         f"less).")
+            lines.append(f"Prefix cache: {r['strategy']}@16 prefills {r['prefill_tokens']:.0f} tokens per problem for "
+                         f"a tree of {r['tree_tokens']:.0f} unique tokens "
+                         f"({r['prefill_tokens'] / max(r['tree_tokens'], 1):.2f}x).")
         lines.append("")
     return "\n".join(lines)

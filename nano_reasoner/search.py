@@ -37,7 +37,8 @@ long has lost its way, and letting it run to the context's end would cost more t
 Simplifications compared with the papers: beam search dedupes identical prefixes before keeping the best M (a
 duplicate beam spends budget on the same state twice); a candidate step that runs past `max_step_tokens` without
 ending counts as a finished, broken solution with score 0; the PRM rescores the whole prefix every step (no KV cache
-in the verifier), and the sampler re-prefills every beam's prefix (counted as redundant prefill in compute.py).
+in the verifier). The sampler does not prefill a beam's prefix again: each beam keeps the KV of its steps
+(prefix_cache.py), so a step costs one prefilled token, the last of the step before, which was never fed back.
 The beam score of a partial solution is the PRM's score at its newest step end ("last"): our PRM is trained on
 prefix soundness (is everything up to here still right), so that one number already judges the whole prefix.
 """
@@ -48,6 +49,7 @@ from typing import Callable
 
 from nano_reasoner import prm, tasks
 from nano_reasoner.compute import Compute, sample_tokens
+from nano_reasoner.prefix_cache import concat
 from nano_reasoner.prm import aggregate
 from nano_reasoner.sampling import generate
 
@@ -100,21 +102,35 @@ def answer_key(problem, completion):
     return text
 
 
+@dataclass
+class Rows:
+    """What sample_rows drew, prompt-major: one entry per row."""
+    tokens: list            # token lists
+    logprob_sums: list      # sum of each row's token log-probs
+    hit_stop: list          # the row ended on a stop token
+    prefill_tokens: list    # per prompt, the tokens the sampler prefilled for it
+    kv: list                # return_kv: each row's new KV (sampling.generate), else None per row
+
+
 def sample_rows(policy, tokenizer, prompts, num_samples, max_new_tokens, *, temperature, seed, stop_ids,
-                budget=None):
-    """generate() in chunks of at most MAX_ROWS_PER_CALL rows -> (token lists, logprob sums, hit_stop), prompt-major.
-    budget: a sampling.ThinkingBudget (budget forcing), or None."""
+                budget=None, prefix_kv=None, return_kv=False):
+    """generate() in chunks of at most MAX_ROWS_PER_CALL rows -> Rows. budget: a sampling.ThinkingBudget (budget
+    forcing), or None. prefix_kv: per prompt, the PrefixKV of its cached start or None (prefix_cache.py)."""
     prompts_per_call = max(1, MAX_ROWS_PER_CALL // num_samples)
-    tokens, logprob_sums, hit_stop = [], [], []
+    rows = Rows([], [], [], [], [])
     for start in range(0, len(prompts), prompts_per_call):
         chunk = prompts[start:start + prompts_per_call]
         result = generate(policy, chunk, max_new_tokens, num_samples=num_samples, temperature=temperature,
-                          stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed + start, budget=budget)
+                          stop_ids=stop_ids, pad_id=tokenizer.pad_id, seed=seed + start, budget=budget,
+                          prefix_kv=None if prefix_kv is None else prefix_kv[start:start + prompts_per_call],
+                          return_kv=return_kv)
+        rows.prefill_tokens += result.prefill_by_prompt
         for row in range(len(chunk) * num_samples):
-            tokens.append(result.row_tokens(row))
-            logprob_sums.append(float(result.logprobs[row].sum()))
-            hit_stop.append(bool(result.hit_stop[row]))
-    return tokens, logprob_sums, hit_stop
+            rows.tokens.append(result.row_tokens(row))
+            rows.logprob_sums.append(float(result.logprobs[row].sum()))
+            rows.hit_stop.append(bool(result.hit_stop[row]))
+            rows.kv.append(result.kv[row] if return_kv else None)
+    return rows
 
 
 # ----------------------------------------------------------------------------- N independent samples
@@ -142,8 +158,8 @@ def sample_pool(policy, tokenizer, problems, num_samples, *, temperature=1.0, se
         typical = max(sample_tokens(tokenizer, problem.task, problem.difficulty) for problem in problems)
         max_new_tokens = MAX_LENGTH_FACTOR * typical
     max_new = min(room, max_new_tokens)
-    samples, _, _ = sample_rows(policy, tokenizer, prompts, num_samples, max_new, temperature=temperature, seed=seed,
-                                stop_ids=[tokenizer.eos_id], budget=budget)
+    samples = sample_rows(policy, tokenizer, prompts, num_samples, max_new, temperature=temperature, seed=seed,
+                          stop_ids=[tokenizer.eos_id], budget=budget).tokens
     pools = []
     for index, (problem, prompt) in enumerate(zip(problems, prompts)):
         rows = samples[index * num_samples:(index + 1) * num_samples]
@@ -226,14 +242,17 @@ class Beam:
     tokens: list          # completion so far (ends at a step end, or eos when finished)
     score: float          # PRM score at the newest step end
     step_scores: list
+    kv_parts: list = field(default_factory=list)  # prefix cache: PrefixKV spans of prompt + tokens, all but the last
 
 
 def beam_search(policy, tokenizer, problems, verifier, budget, *, beam_width=None, temperature=1.0,
-                max_step_tokens=64, max_steps=24, how="min", seed=0):
+                max_step_tokens=64, max_steps=24, how="min", seed=0, prefix_cache=True):
     """
     PRM-guided step-level beam search with `budget` expansions per step (about `budget` samples' worth of tokens).
     beam_width M defaults to max(1, budget // 4), so each beam gets budget // M expansions per step. All problems
-    advance in lockstep: one sampler call and one verifier call per step for all their beams.
+    advance in lockstep: one sampler call and one verifier call per step for all their beams. prefix_cache: each
+    beam keeps the KV its steps were written with and the sampler prefills only the token it never fed back
+    (prefix_cache.py); False re-prefills every beam's whole prefix, counted as redundant prefill.
     """
     assert verifier is not None, "beam search is guided by a verifier: give one"
     assert budget >= 1
@@ -253,21 +272,26 @@ def beam_search(policy, tokenizer, problems, verifier, budget, *, beam_width=Non
             break
         per_job = budget if step == 0 else expansions
         room = block_size - max(len(prompts[p]) + len(beam.tokens) for p, beam in jobs)
-        rows, _, hit_stop = sample_rows(policy, tokenizer, [prompts[p] + beam.tokens for p, beam in jobs], per_job,
-                                        min(max_step_tokens, room), temperature=temperature, seed=seed + 7919 * step,
-                                        stop_ids=[tokenizer.eos_id, tokenizer.step_end_id])
-        candidates = [[] for _ in problems]   # per problem: (tokens, is_done, hit_stop)
+        prefix_kv = [concat(beam.kv_parts) for _, beam in jobs] if prefix_cache else None
+        drawn = sample_rows(policy, tokenizer, [prompts[p] + beam.tokens for p, beam in jobs], per_job,
+                            min(max_step_tokens, room), temperature=temperature, seed=seed + 7919 * step,
+                            stop_ids=[tokenizer.eos_id, tokenizer.step_end_id], prefix_kv=prefix_kv,
+                            return_kv=prefix_cache)
+        candidates = [[] for _ in problems]   # per problem: (tokens, is_done, hit_stop, kv_parts, new tokens)
         for j, (p, beam) in enumerate(jobs):
             prefix_length = len(prompts[p]) + len(beam.tokens)
-            # a prefix cache would have held everything but the newest token, which the sampler never fed back
-            redundant = 0 if step == 0 else prefix_length - 1
-            job_rows = rows[j * per_job:(j + 1) * per_job]
-            job_stops = hit_stop[j * per_job:(j + 1) * per_job]
-            computes[p].add_policy(prefill_tokens=prefix_length, row_lengths=[len(r) for r in job_rows],
-                                   redundant_prefill_tokens=redundant)
-            for row, is_stop in zip(job_rows, job_stops):
-                tokens = beam.tokens + row
-                candidates[p].append((tokens, row[-1] == tokenizer.eos_id or not is_stop, is_stop))
+            # without the cache, a beam's prefix is prefilled again but for its newest token (never fed back)
+            redundant = prefix_length - 1 if step > 0 and not prefix_cache else 0
+            job = range(j * per_job, (j + 1) * per_job)
+            computes[p].add_policy(prefill_tokens=drawn.prefill_tokens[j],
+                                   row_lengths=[len(drawn.tokens[r]) for r in job], redundant_prefill_tokens=redundant)
+            for r in job:
+                row, is_stop = drawn.tokens[r], drawn.hit_stop[r]
+                kv_parts = beam.kv_parts + [drawn.kv[r]] if prefix_cache else []
+                candidates[p].append((beam.tokens + row, row[-1] == tokenizer.eos_id or not is_stop, is_stop, kv_parts,
+                                      len(row)))
+        for p in range(len(problems)):  # the tree's unique tokens: the prompt, then every distinct new step
+            computes[p].tree_tokens += (len(prompts[p]) if step == 0 else 0) + sum(c[4] for c in _unique(candidates[p]))
         # (2) score every new prefix with the PRM, all problems in one call
         flat = [(p, c) for p in range(len(problems)) for c in _unique(candidates[p])]
         step_scores = verifier.score_steps([prompts[p] for p, _ in flat], [c[0] for _, c in flat])
@@ -276,10 +300,10 @@ def beam_search(policy, tokenizer, problems, verifier, budget, *, beam_width=Non
             if unique:
                 computes[p].add_verifier(verifier.count_tokens([prompts[p]] * len(unique), [c[0] for c in unique]))
         new_live = [[] for _ in problems]
-        for (p, (tokens, is_done, is_stop)), scores in zip(flat, step_scores):
+        for (p, (tokens, is_done, is_stop, kv_parts, _)), scores in zip(flat, step_scores):
             # a step cut off before its end is a broken solution: score 0, never preferred
             score = scores[-1] if (is_stop and scores) else 0.0
-            beam = Beam(tokens, score, list(scores) if is_stop else list(scores) + [0.0])
+            beam = Beam(tokens, score, list(scores) if is_stop else list(scores) + [0.0], [] if is_done else kv_parts)
             # (3) set finished solutions aside
             (finished[p] if is_done else new_live[p]).append(beam)
         # (4) keep the M best unfinished prefixes of each problem, until M solutions are finished

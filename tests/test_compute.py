@@ -65,18 +65,26 @@ def test_verifier_tokens_of_best_of_n_are_prompt_plus_completion_per_sample(rand
     assert answer.compute.verifier_tokens == sum(len(pool.prompt) + len(row) for row in pool.samples[:3])
 
 
-def test_beam_search_counts_every_re_prefilled_prefix(tokenizer):
-    """One path, budget 1: four rounds (two steps, the </think> line, the answer), each re-prefilling its prefix."""
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_beam_search_counts_every_prefilled_token(tokenizer, prefix_cache):
+    """One path, budget 1: four rounds (two steps, the </think> line, the answer). Without the prefix cache each round
+    prefills its whole prefix again; with it, only the last token of the round before (never fed back)."""
     policy = TablePolicy(tokenizer, SINGLE_PATH)
-    answer = search.beam_search(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 1, seed=0)[0]
+    answer = search.beam_search(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 1, seed=0,
+                                prefix_cache=prefix_cache)[0]
     steps, final, _ = SINGLE_PATH[0]
     lines = [len(tokenizer.encode(s)) + 1 for s in steps] + [2, len(tokenizer.encode(final)) + 1]
     prompt = len(search.encode_prompts(tokenizer, [PROBLEM])[0])
-    prefixes = [prompt + sum(lines[:i]) for i in range(len(lines))]   # what each round prefills
+    prefixes = [prompt + sum(lines[:i]) for i in range(len(lines))]   # the context of each round
     c = answer.compute
     assert answer.tokens[-1] == tokenizer.eos_id
-    assert c.prefill_tokens == sum(prefixes)
-    assert c.redundant_prefill_tokens == sum(p - 1 for p in prefixes[1:])  # a prefix cache skips all but one token
+    assert c.tree_tokens == prompt + sum(lines)
+    if prefix_cache:
+        assert c.prefill_tokens == prompt + len(lines) - 1
+        assert c.redundant_prefill_tokens == 0
+    else:
+        assert c.prefill_tokens == sum(prefixes)
+        assert c.redundant_prefill_tokens == sum(p - 1 for p in prefixes[1:])  # a prefix cache skips all but one
     assert c.generated_tokens == sum(lines)
     assert c.decode_tokens == sum(n - 1 for n in lines)
     assert c.verifier_tokens == sum(p + n for p, n in zip(prefixes, lines))

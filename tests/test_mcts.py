@@ -129,7 +129,23 @@ def test_mcts_stops_near_its_token_budget(policy, tokenizer):
     small = mcts.mcts(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 2, seed=0)[0]
     large = mcts.mcts(policy, tokenizer, [PROBLEM], exact_prm(tokenizer), 8, seed=0)[0]
     assert small.compute.generated_tokens < large.compute.generated_tokens
-    assert large.compute.redundant_prefill_tokens > 0  # expansions below the root re-prefill their prefix
+
+
+def test_the_prefix_cache_prefills_the_tree_once_and_changes_no_sample(policy, tokenizer):
+    runs = {cache: mcts.grow_trees(policy, tokenizer, [PROBLEM, PROBLEM], exact_prm(tokenizer), 8, seed=3,
+                                   prefix_cache=cache) for cache in (False, True)}
+    for uncached, cached in zip(runs[False], runs[True]):
+        # the same tree: the toy policy reads its history from the cache, so copied KV must carry it exactly
+        assert cached.compute.generated_tokens == uncached.compute.generated_tokens
+        assert cached.compute.tree_tokens == uncached.compute.tree_tokens
+        assert mcts.most_visited_path_end(cached.root).tokens == mcts.most_visited_path_end(uncached.root).tokens
+        # without the cache every expansion below the root prefills its whole context again; with it, one token
+        assert uncached.compute.redundant_prefill_tokens > 0 and cached.compute.redundant_prefill_tokens == 0
+        # at least what compute.py counted as redundant (a context but its newest token) is no longer prefilled
+        assert cached.compute.redundant_prefill_tokens == 0
+        assert cached.compute.prefill_tokens <= \
+            uncached.compute.prefill_tokens - uncached.compute.redundant_prefill_tokens
+        assert cached.compute.prefill_tokens <= 1.1 * cached.compute.tree_tokens
 
 
 def test_a_test_time_checker_values_finished_solutions_and_stops_the_tree(policy, tokenizer, monkeypatch):

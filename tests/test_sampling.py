@@ -161,3 +161,28 @@ def test_prompt_that_would_overflow_the_context_raises_value_error():
         generate(model, [[1] * 60], 5)
     with pytest.raises(ValueError, match="block_size"):
         generate_reference(model, [1] * 64, 1)
+
+
+def test_a_cached_prefix_continues_exactly_like_the_full_context():
+    """Rows retire at different steps and come back with their KV: the continuation prefills only what no call fed
+    through the model, and writes the tokens generate_reference writes from the whole text."""
+    model = tiny_model()
+    first = generate(model, PROMPTS, 12, temperature=0.0, stop_ids=[7], pad_id=PAD_ID, return_kv=True)
+    contexts = [prompt + first.row_tokens(i) for i, prompt in enumerate(PROMPTS)]
+    # each row holds the KV of its prompt and generated tokens but the last, which was never fed back
+    assert [len(kv) for kv in first.kv] == [len(c) - 1 for c in contexts] and first.kv_start == [0] * len(PROMPTS)
+    # ... equal to the KV of one forward pass over the whole text
+    full = generate(model, contexts, 1, temperature=0.0, pad_id=PAD_ID, return_kv=True)
+    for kv, reference in zip(first.kv, full.kv):
+        assert torch.allclose(kv.keys, reference.keys[:, :, :len(kv)], atol=1e-5)
+        assert torch.allclose(kv.values, reference.values[:, :, :len(kv)], atol=1e-5)
+    # give row 1 only part of its cache: its tail is longer, and the call prefills the longest tail for every row
+    prefix_kv = [first.kv[0], first.kv[1].slice(0, 2), first.kv[2], None]
+    again = generate(model, contexts, 15, temperature=0.0, pad_id=PAD_ID, prefix_kv=prefix_kv, return_kv=True)
+    tails = [len(c) - (0 if kv is None else len(kv)) for c, kv in zip(contexts, prefix_kv)]
+    assert again.prefill_by_prompt == [min(max(tails), len(c)) for c in contexts]
+    assert again.kv_start == [0 if kv is None else len(kv) for kv in prefix_kv]
+    assert [again.row_tokens(i) for i in range(len(PROMPTS))] == \
+        [generate_reference(model, c, 15) for c in contexts]
+    plain = generate(model, contexts, 15, temperature=0.0, pad_id=PAD_ID)
+    assert torch.allclose(again.logprobs, plain.logprobs, atol=1e-4)

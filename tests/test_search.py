@@ -114,3 +114,17 @@ def test_answer_keys_read_arith_values_and_countdown_expressions():
     assert search.answer_key(PROBLEM, "2*3=6;6+4\n6+4=01;01\n</think>\n10") == "10"
     assert search.answer_key(PROBLEM, "2*3=6;6+4\n") is None
     assert search.answer_key(countdown, "</think>\n7 * (25-19) + 3*7") == "7*(25-19)+3*7"
+
+
+def test_beam_search_with_the_prefix_cache_prefills_the_tree_once_and_answers_the_same(policy, tokenizer):
+    answers = {cache: search.beam_search(policy, tokenizer, [PROBLEM, PROBLEM], exact_prm(tokenizer), 4, seed=5,
+                                         prefix_cache=cache) for cache in (False, True)}
+    for uncached, cached in zip(answers[False], answers[True]):
+        assert cached.tokens == uncached.tokens
+        assert cached.compute.generated_tokens == uncached.compute.generated_tokens
+        assert cached.compute.tree_tokens == uncached.compute.tree_tokens
+        # at least what compute.py counted as redundant (a context but its newest token) is no longer prefilled
+        assert cached.compute.redundant_prefill_tokens == 0
+        assert cached.compute.prefill_tokens <= \
+            uncached.compute.prefill_tokens - uncached.compute.redundant_prefill_tokens
+        assert cached.compute.prefill_tokens <= 1.1 * cached.compute.tree_tokens
