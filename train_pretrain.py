@@ -9,6 +9,10 @@ difficulty on held-out problems, during and after training. Writes to --out: tok
 config.json, metrics.jsonl, pretrain.png and a section of report.md (in the parent folder of --out).
 Resume after a stop with --resume (same flags): it continues from --out/ckpt.pt to the same result.
 
+Several processes (nano_reasoner/distributed.py): `torchrun --standalone --nproc_per_node N train_pretrain.py ...` runs
+N data-parallel ranks, each on its 1/N of every batch a single process would take, gradients averaged; rank 0 alone
+prints, evaluates and writes. --grad-accum K cuts each rank's share into K micro-batches (less memory, the same step).
+
 Weight averaging. The weights that the run hands on are an exponential moving average (EMA) of the training
 weights, ema <- decay * ema + (1 - decay) * weights after every step (`--ema`; Polyak & Juditsky, "Acceleration of
 stochastic approximation by averaging", 1992). The optimizer's last iterate jitters around the minimum it is heading
@@ -31,6 +35,7 @@ problems (ChatMix), and measures three-turn conversations with the thinking drop
 """
 import argparse
 import copy
+import math
 import os
 import signal
 import sys
@@ -38,7 +43,7 @@ import time
 
 import torch
 
-from nano_reasoner import chat, tasks
+from nano_reasoner import chat, distributed, tasks
 from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, CheckpointError
 from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.data import batches, collate, decision_weights, make_examples
@@ -135,7 +140,9 @@ def parse_args(argv=None):
                         help=f"share of arith steps a retry trace slips on first (default {tasks.arith.RETRY_SHARE})")
     # optimization
     parser.add_argument("--steps", type=int, help="optimizer steps (preset)")
-    parser.add_argument("--batch-size", type=int, help="sequences per step (preset)")
+    parser.add_argument("--batch-size", type=int, help="sequences per step, over all ranks together (preset)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each rank, their gradients "
+                        "summed before the step: the same step in less memory (default 1)")
     parser.add_argument("--bucket-batches", type=int, help="batches per length bucket: more waste less compute on "
                         "padding, fewer mix tasks and lengths within a stretch of steps (data.batches; preset)")
     parser.add_argument("--lr", type=float, help="peak learning rate (preset)")
@@ -151,7 +158,8 @@ def parse_args(argv=None):
     parser.add_argument("--save-every", type=int, default=250, help="steps between checkpoints (default 250)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of everything (default 1337)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: all cores, shared "
+                        "out among the processes torchrun starts)")
     args = parser.parse_args(argv)
     if args.chat and not args.init:
         raise UserError("--chat fine-tunes a trained policy: pass --init runs/tiny/rl/ckpt.pt (or another policy)")
@@ -161,9 +169,17 @@ def parse_args(argv=None):
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("chat_conversations", "steps", "batch_size", "bucket_batches", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
+    for key in ("chat_conversations", "steps", "batch_size", "grad_accum", "bucket_batches", "train_problems", "eval_problems", "eval_every", "log_every", "save_every", "n_layer", "n_embd", "n_head", "block_size"):
         if getattr(args, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive")
+    try:
+        args.world_size = distributed.env_world_size()  # torchrun's ranks (1: a single process)
+    except ValueError as error:
+        raise UserError(f"{error}: start several processes with torchrun, which sets it") from None
+    if args.batch_size % (args.world_size * args.grad_accum):
+        ranks = f"{args.world_size} rank" + ("s" if args.world_size > 1 else "")
+        raise UserError(f"--batch-size {args.batch_size} does not split into {ranks} x --grad-accum {args.grad_accum} "
+                        f"equal micro-batches: give a multiple of {args.world_size * args.grad_accum}")
     if args.n_embd % args.n_head or (args.n_embd // args.n_head) % 2:
         raise UserError("--n-embd must be a multiple of 2 * --n-head (RoPE needs an even head size)")
     # chained comparisons refuse nan and inf too (every comparison with nan is False)
@@ -273,7 +289,8 @@ def chat_report(summary):
 
 def main():
     args = parse_args()
-    device = pick_device(args.device, args.threads)
+    # under torchrun: join the other ranks (rank r drives GPU r, or shares the CPU cores); alone: nothing changes
+    device = distributed.setup(pick_device(args.device, args.threads or distributed.threads_per_rank()))
     torch.manual_seed(args.seed)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file: give a folder for the run")
@@ -308,13 +325,15 @@ def main():
     tokenizer_path = os.path.join(args.out, "tokenizer.model")
     if init is not None:  # fine-tuning: the policy's own tokenizer
         tokenizer = init_tokenizer
-        with open(tokenizer_path, "wb") as f:
-            f.write(tokenizer.model_bytes)
-    elif os.path.exists(tokenizer_path):
+        if distributed.is_main():
+            with open(tokenizer_path, "wb") as f:
+                f.write(tokenizer.model_bytes)
+    else:  # the run's own, trained once by rank 0 and read by every rank
+        if distributed.is_main() and not os.path.exists(tokenizer_path):
+            train_tokenizer([tasks.full_trace(p, args.granularity, trace_kinds[p.task], args.countdown_products)
+                             for p in train[::10]], tokenizer_path)
+        distributed.barrier()
         tokenizer = Tokenizer.from_file(tokenizer_path)
-    else:
-        tokenizer = train_tokenizer([tasks.full_trace(p, args.granularity, trace_kinds[p.task], args.countdown_products)
-                                     for p in train[::10]], tokenizer_path)
     chat_eval = chat.held_out_conversations(args.chat_conversations, args.seed) if args.chat else None
     try:
         if args.chat:  # conversations; no held-out problem (single or first turn) is ever a first turn here
@@ -365,10 +384,13 @@ def main():
         restore_rng_state(ckpt["rng_state"])
         step = ckpt["step"]
         print(f"resumed from {ckpt_path} at step {step}")
-    # drop what a killed attempt logged after its checkpoint (or, starting afresh, all it logged): no step twice
-    metrics.truncate_after(step)
-    write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": vars(config),
-                                                       "params": model.num_params()})
+    if distributed.is_main():
+        # drop what a killed attempt logged after its checkpoint (or, starting afresh, all it logged): no step twice
+        metrics.truncate_after(step)
+        write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": vars(config),
+                                                           "params": model.num_params()})
+    # what the optimizer trains through: under torchrun, DDP around the model (gradients averaged over the ranks)
+    train_model = distributed.wrap(model)
 
     def stop_diverged(what):
         kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was saved"
@@ -378,6 +400,8 @@ def main():
         # a step can blow the weights up to inf/nan while its loss was still finite: never save such weights
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise stop_diverged(f"the weights became inf or nan by step {at_step}")
+        if not distributed.is_main():
+            return  # every rank holds the same weights; rank 0 writes them
         extra = {"training_state": model.state_dict()} if averaged is not model else None
         save_checkpoint(ckpt_path, kind="policy", model_state=averaged.state_dict(), model_config=vars(config),
                         tokenizer_bytes=tokenizer.model_bytes, step=at_step, args=vars(args),
@@ -388,11 +412,12 @@ def main():
     stream = batches(examples, args.batch_size, seed=args.seed, bucket_batches=args.bucket_batches)
     for _ in range(step):
         next(stream)
-    interrupted = False
+    # a Ctrl-C is seen by each rank at its own moment: the ranks agree at every step whether to stop (interrupted)
+    interrupted, stop_requested = False, False
 
     def on_sigint(signum, frame):
-        nonlocal interrupted
-        interrupted = True
+        nonlocal stop_requested
+        stop_requested = True
     signal.signal(signal.SIGINT, on_sigint)
 
     model.train()
@@ -401,26 +426,39 @@ def main():
         lr = cosine_lr(step, args.steps, args.lr, args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, targets = collate(next(stream), tokenizer.pad_id, device)
-        loss_mask = decision_weights(targets, decision_ids, args.decision_weight) if args.decision_weight != 1 else None
-        with autocast(device):
-            _, loss = model(inputs, targets, loss_mask=loss_mask)
-        if not torch.isfinite(loss):
-            raise stop_diverged(f"the loss became {loss.item()} at step {step + 1}")
+        micro_batches = []  # this rank's share of the global batch, in --grad-accum pieces
+        for examples in distributed.micro_batches(next(stream), args.grad_accum):
+            inputs, targets = collate(examples, tokenizer.pad_id, device)
+            loss_mask = decision_weights(targets, decision_ids, args.decision_weight) if args.decision_weight != 1 else None
+            micro_batches.append((inputs, targets, loss_mask))
+        # the loss is the weighted token mean over the whole global batch, so each micro-batch's mean counts by its
+        # share of the weights (distributed.loss_scales; one process, one micro-batch: a factor of exactly 1)
+        scales, _ = distributed.loss_scales([distributed.loss_weight(t, m) for _, t, m in micro_batches])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for index, ((inputs, targets, loss_mask), scale) in enumerate(zip(micro_batches, scales)):
+            with distributed.sync_gradients(train_model, index == len(micro_batches) - 1):  # all-reduce on the last
+                with autocast(device):
+                    _, loss = train_model(inputs, targets, loss_mask=loss_mask)
+                (loss * scale).backward()
+            loss_sum += loss.item() * scale / distributed.world_size()
+        batch_loss, batch_tokens, stops = distributed.all_reduce_sum(
+            [loss_sum, sum(inputs.numel() for inputs, _, _ in micro_batches), stop_requested])
+        if not math.isfinite(batch_loss):  # before the step: the weights stay those of the last good step
+            raise stop_diverged(f"the loss became {batch_loss} at step {step + 1}")
+        interrupted = stops > 0
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         step += 1
         if averaged is not model:
             update_average(averaged, model, args.ema)
-        tokens_seen += inputs.numel()
-        if step % args.log_every == 0 or step == args.steps:
+        tokens_seen += batch_tokens
+        if (step % args.log_every == 0 or step == args.steps) and distributed.is_main():
             tok_s = tokens_seen / (time.time() - t_window)
-            print(progress_line(step, args.steps, time.time() - t_start, loss=loss.item(), lr=lr, tok_s=tok_s), flush=True)
-            metrics.log(step=step, loss=loss.item(), lr=lr, tok_s=tok_s)
+            print(progress_line(step, args.steps, time.time() - t_start, loss=batch_loss, lr=lr, tok_s=tok_s), flush=True)
+            metrics.log(step=step, loss=batch_loss, lr=lr, tok_s=tok_s)
             tokens_seen, t_window = 0, time.time()
-        if step % args.eval_every == 0 and step < args.steps:
+        if step % args.eval_every == 0 and step < args.steps and distributed.is_main():  # the others wait at the next step
             accuracy, _ = evaluate_all(averaged, tokenizer, eval_small)
             metrics.log(step=step, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
             print(f"eval step {step} | " + " | ".join(f"{task} {acc['all']:.1%}" for task, acc in accuracy.items()), flush=True)
@@ -428,10 +466,14 @@ def main():
         if step % args.save_every == 0:
             save(step)
     save(step)
+    distributed.teardown()  # the ranks part here: rank 0 evaluates alone
     train_seconds = time.time() - t_start
     if interrupted:
-        print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume", file=sys.stderr)
+        if distributed.is_main():
+            print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume", file=sys.stderr)
         sys.exit(130)  # the shell's code for Ctrl-C, so a pipeline stops here instead of going on to the next stage
+    if not distributed.is_main():
+        return  # rank 0 alone evaluates and reports
 
     # final evaluation on the held-out problems
     t_eval = time.time()

@@ -17,6 +17,10 @@ ones), with greedy accuracy on the first --curve-problems held-out problems ever
 against samples drawn -> the same evaluation (after). Writes to --out: ckpt.pt (+ .json, kind "policy", so infer.py
 loads it), config.json, metrics.jsonl, rl.png, rl_dynamics.png, eval.json and a section of report.md (in the parent
 folder of --out). Resume after a stop with --resume (same flags).
+
+Several processes: `torchrun --standalone --nproc_per_node N train_rl.py ...` (nano_reasoner/distributed.py). GRPO: each
+rank samples the groups of its 1/N of the prompts, gradients averaged, statistics reduced; EI: the sampler calls
+dealt out to the ranks and the attempts gathered, each fine-tuning batch split. Rank 0 alone evaluates and writes.
 """
 import argparse
 import copy
@@ -26,7 +30,7 @@ import time
 
 import torch
 
-from nano_reasoner import tasks
+from nano_reasoner import distributed, tasks
 from nano_reasoner.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.evaluate import accuracy_by_difficulty, attempt_problems
@@ -121,7 +125,8 @@ def parse_args(argv=None):
     parser.add_argument("--save-every", type=int, default=20, help="steps between checkpoints (default 20)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of everything (default 1337; the held-out problems use it too)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: all cores, shared "
+                        "out among the processes torchrun starts)")
     args = parser.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -153,6 +158,16 @@ def parse_args(argv=None):
         raise UserError("--prm and --exact-process-rewards both give process rewards: choose one")
     if not args.process_weight >= 0:
         raise UserError("--process-weight must be >= 0")
+    try:
+        args.world_size = distributed.env_world_size()  # torchrun's ranks (1: a single process)
+    except ValueError as error:
+        raise UserError(f"{error}: start several processes with torchrun, which sets it") from None
+    if "grpo" in args.algo.split("+") and args.prompts_per_step % args.world_size:
+        raise UserError(f"--prompts-per-step {args.prompts_per_step} does not split evenly into {args.world_size} "
+                        f"ranks: give a multiple of {args.world_size}")
+    if "ei" in args.algo.split("+") and args.ei_batch_size % args.world_size:
+        raise UserError(f"--ei-batch-size {args.ei_batch_size} does not split evenly into {args.world_size} ranks: "
+                        f"give a multiple of {args.world_size}")
     args.pass_k_problems = min(args.pass_k_problems, args.eval_problems)
     args.curve_problems = min(args.curve_problems, args.eval_problems)
     return args
@@ -276,7 +291,8 @@ def print_eval(label, results, args):
 
 def main():
     args = parse_args()
-    device = pick_device(args.device, args.threads)
+    # under torchrun: join the other ranks (rank r drives GPU r, or shares the CPU cores); alone: nothing changes
+    device = distributed.setup(pick_device(args.device, args.threads or distributed.threads_per_rank()))
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "ckpt.pt")
@@ -353,17 +369,20 @@ def main():
             policy.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         restore_rng_state(ckpt["rng_state"])
-        metrics.truncate_after(step)
         print(f"resumed from {ckpt_path} at step {step}")
-    write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": init_ckpt["model_config"],
-                                                       "grpo": vars(grpo_config), "ei": vars(ei_config),
-                                                       "replay": replay_config, "params": policy.num_params()})
+    if distributed.is_main():
+        metrics.truncate_after(step)
+        write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": init_ckpt["model_config"],
+                                                           "grpo": vars(grpo_config), "ei": vars(ei_config),
+                                                           "replay": replay_config, "params": policy.num_params()})
 
     def handed_on():
         """The weights the run hands on: EI's weight average while it has one, else the trained policy."""
         return averaged if averaged is not None else policy
 
     def save(at_step):
+        if not distributed.is_main():
+            return  # every rank holds the same weights; rank 0 writes them
         # with a weight average the trained weights are kept beside it, for --resume
         extra = dict(state, training_state=policy.state_dict()) if averaged is not None else state
         save_checkpoint(ckpt_path, kind="policy", model_state=handed_on().state_dict(),
@@ -371,8 +390,8 @@ def main():
                         args=vars(args), optimizer_state=optimizer.state_dict(), rng_state=capture_rng_state(),
                         extra=extra)
 
-    # before: the starting policy on the held-out problems
-    if state["eval_before"] is None:
+    # before: the starting policy on the held-out problems (rank 0; the others wait at the first collective)
+    if state["eval_before"] is None and distributed.is_main():
         t_eval = time.time()
         state["eval_before"], before_attempts = evaluate_policy(policy, tokenizer, held_out, args)
         print_eval("before", state["eval_before"], args)
@@ -382,11 +401,12 @@ def main():
                 f"curve_{task}": sum(a[0].verdict.is_correct for a in attempts[:args.curve_problems]) /
                 len(attempts[:args.curve_problems]) for task, attempts in before_attempts.items()})
 
-    interrupted = False
+    # a Ctrl-C is seen by each rank at its own moment: the ranks agree after every round or step whether to stop
+    interrupted, stop_requested = False, False
 
     def on_sigint(signum, frame):
-        nonlocal interrupted
-        interrupted = True
+        nonlocal stop_requested
+        stop_requested = True
     signal.signal(signal.SIGINT, on_sigint)
 
     t_start, start_step = time.time(), step
@@ -411,7 +431,8 @@ def main():
             state["kept_seen"] += summary["kept"]
             state["sample_s"] += summary["sample_s"]
             state["update_s"] += summary["update_s"]
-            metrics.log(step=step, phase="ei", lr=args.ei_lr, samples=state["samples_seen"], **summary)
+            if distributed.is_main():
+                metrics.log(step=step, phase="ei", lr=args.ei_lr, samples=state["samples_seen"], **summary)
             print(progress_line(step, total, time.time() - t_start, start_step=start_step, loss=summary["loss"],
                                 kept=summary["kept"], acc_countdown=summary["countdown_acc"],
                                 acc_arith=summary["arith_acc"], solved_countdown=summary["countdown_solved"],
@@ -425,40 +446,52 @@ def main():
             for group in optimizer.param_groups:
                 group["lr"] = lr
             problems = rl_problems(grpo_step_index, args, difficulties, held_out_texts)
-            summary, batch, hacks = grpo_step(policy, reference, optimizer, tokenizer, problems, grpo_config,
-                                              seed=args.seed + step, autocast=lambda: autocast(device),
-                                              step_scorer=step_scorer)
+            # each rank samples the groups of its share of the prompts, with a seed of its own
+            local_problems = distributed.shard(problems)
+            summary, batch, hacks = grpo_step(policy, reference, optimizer, tokenizer, local_problems, grpo_config,
+                                              seed=distributed.rank_seed(args.seed + step),
+                                              autocast=lambda: autocast(device), step_scorer=step_scorer)
             step += 1
+            # every rank gets every group back, in the order of `problems`: the counts below are the whole batch's
+            G = args.group_size
+            groups = distributed.gather([(batch.completions[i * G:(i + 1) * G], batch.verdicts[i * G:(i + 1) * G],
+                                          hacks[i * G:(i + 1) * G]) for i in range(len(local_problems))])
+            completions, verdicts, hacks = ([row for group in groups for row in group[k]] for k in range(3))
             for index, is_hack in enumerate(hacks):
                 if is_hack and len(state["hack_examples"]) < EXAMPLES_KEPT:
                     state["hack_examples"].append({"step": step, "problem": problems[index // args.group_size].text,
-                                                   "completion": batch.completions[index],
-                                                   "reason": batch.verdicts[index].reason})
+                                                   "completion": completions[index],
+                                                   "reason": verdicts[index].reason})
             state["hack_count"] += sum(hacks)
             state["samples_seen"] += len(hacks)
             state["sample_s"] += summary["sample_s"]
             state["update_s"] += summary["update_s"]
-            by_task = {f"{task}_acc": sum(v.is_correct for i, v in enumerate(batch.verdicts)
+            by_task = {f"{task}_acc": sum(v.is_correct for i, v in enumerate(verdicts)
                                           if problems[i // args.group_size].task == task) /
-                       sum(problems[i // args.group_size].task == task for i in range(len(batch.verdicts)))
+                       sum(problems[i // args.group_size].task == task for i in range(len(verdicts)))
                        for task in tasks.TASKS}
-            metrics.log(step=step, phase="grpo", lr=lr, samples=state["samples_seen"], **summary, **by_task)
+            if distributed.is_main():
+                metrics.log(step=step, phase="grpo", lr=lr, samples=state["samples_seen"], **summary, **by_task)
             if step % args.log_every == 0 or step == total:
                 print(progress_line(step, total, time.time() - t_start, start_step=start_step,
                                     reward=summary["reward"], acc=summary["acc"], kl=summary["kl"],
                                     clip_frac=summary["clip_frac"], entropy=summary["entropy"],
                                     len=round(summary["response_len"], 1), sample=f"{summary['sample_s']:.1f}s",
                                     update=f"{summary['update_s']:.1f}s"), flush=True)
-        if args.curve_every and (step % args.curve_every == 0 or step == total):
+        if args.curve_every and (step % args.curve_every == 0 or step == total) and distributed.is_main():
             curve = curve_accuracy(handed_on(), tokenizer, held_out, args)
             metrics.log(step=step, samples=state["samples_seen"], **{f"curve_{task}": acc for task, acc in curve.items()})
             print(f"curve step {step} | samples {state['samples_seen']} | " +
                   " | ".join(f"{task} {acc:.1%}" for task, acc in curve.items()), flush=True)
         if step % args.save_every == 0 or step < n_ei:
             save(step)  # every EI round is minutes of work: never lose one
+        interrupted = distributed.any_rank(stop_requested)
     save(step)
+    distributed.teardown()  # the ranks part here: rank 0 evaluates alone
     if interrupted:
         print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume")
+        return
+    if not distributed.is_main():
         return
     train_seconds = state["sample_s"] + state["update_s"]
 

@@ -38,6 +38,10 @@ The weights handed on are a moving average of the fine-tuned ones (ema, as in tr
 also the policy that attempts: a fine-tune of a few hundred small batches jitters the weights, and on the reasoner
 that jitter alone cost 3 points of countdown (docs/rl_log.md).
 
+Across ranks (torchrun, nano_reasoner/distributed.py): stage (1)'s sampler calls are dealt out to the ranks, each
+call with the seed a single process gives it, and every rank gets all the attempts back, so stages (2)-(3) see what
+one process sees; each fine-tuning batch is split among the ranks and the gradients averaged (distributed.py).
+
 Simplifications against the papers:
   - one policy fine-tuned on from round to round (ReST-EM restarts every round from the base model; at our budget
     there is no time to);
@@ -54,7 +58,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from nano_reasoner import tasks
+from nano_reasoner import distributed, tasks
 from nano_reasoner.data import Example, collate, decision_weights, make_examples
 from nano_reasoner.model import update_average
 from nano_reasoner.sampling import generate
@@ -115,6 +119,18 @@ def attempt(model, tokenizer, problems, config, seed, rows_per_call=256):
     return prompts, per_problem, decode_tokens
 
 
+def attempt_across_ranks(model, tokenizer, problems, config, seed, rows_per_call=256):
+    """Stage (1) under torchrun: `attempt`'s sampler calls dealt out to the ranks in turn, each with the seed that
+    one process gives it (seed + its first problem's index), then gathered: every rank gets every attempt, the same
+    ones a single process draws. One process: exactly `attempt`. -> as `attempt`."""
+    problems_per_call = max(1, rows_per_call // config.samples_per_problem)
+    calls = [attempt(model, tokenizer, problems[start:start + problems_per_call], config, seed + start, rows_per_call)
+             for start in distributed.shard(range(0, len(problems), problems_per_call))]
+    calls = distributed.gather(calls)  # (prompts, per_problem, decode_tokens) per call, in the order of `problems`
+    return ([prompt for call in calls for prompt in call[0]], [samples for call in calls for samples in call[1]],
+            sum(call[2] for call in calls))
+
+
 # ---------------------------------------------------------------------------------------------- (2) filter
 
 def filter_verified(problems, prompts, per_problem, keep_per_problem, eos_id):
@@ -172,27 +188,31 @@ def mixed_batches(kept, replay, batch_size, replay_share, steps, seed):
 
 def finetune(model, optimizer, batch_list, tokenizer, config, lr, autocast=None, averaged=None):
     """Stage (3): one optimizer step per batch with the pre-training loss on the completion tokens. -> mean loss.
-    averaged: a copy of the model kept as the weight average (decay config.ema) after every step, or None."""
+    averaged: a copy of the model kept as the weight average (decay config.ema) after every step, or None.
+    Under torchrun each rank trains on its share of every batch; the gradients and the loss are of the whole batch."""
     make_autocast = autocast or contextlib.nullcontext
     device = next(model.parameters()).device
     decision_ids = [tokenizer.end_think_id, tokenizer.encode(tasks.UNDO)[0]]
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    losses = []
+    loss_sum = 0.0
     for batch in batch_list:
-        inputs, targets = collate(batch, tokenizer.pad_id, device)  # (B, T) each
+        inputs, targets = collate(distributed.shard(batch), tokenizer.pad_id, device)  # (B / ranks, T) each
         loss_mask = decision_weights(targets, decision_ids, config.decision_weight) if config.decision_weight != 1 else None
+        # this rank's token mean weighs by its share of the batch's loss weights (1 exactly for one process)
+        (scale,), _ = distributed.loss_scales([distributed.loss_weight(targets, loss_mask)])
         with make_autocast():
             _, loss = model(inputs, targets, loss_mask=loss_mask)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scale).backward()
+        distributed.average_gradients(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         if averaged is not None:
             update_average(averaged, model, config.ema)
-        losses.append(loss.item())
-    return sum(losses) / max(1, len(losses))
+        loss_sum += loss.item() * scale / distributed.world_size()
+    return distributed.all_reduce_sum([loss_sum])[0] / max(1, len(batch_list))
 
 
 # ---------------------------------------------------------------------------------------------- one round
@@ -210,12 +230,12 @@ def ei_round(model, optimizer, tokenizer, problems, replay, config, lr, seed, au
     summary = {}
     if config.focus_failures:
         greedy_config = replace(config, samples_per_problem=1, temperature=0.0)
-        prompts, greedy, decode_tokens = attempt(policy, tokenizer, problems, greedy_config, seed)
+        prompts, greedy, decode_tokens = attempt_across_ranks(policy, tokenizer, problems, greedy_config, seed)
         is_failed = [not attempts[0][2].is_correct for attempts in greedy]
         failed = [problem for problem, fails in zip(problems, is_failed) if fails]
         sampled, decode_sampled = [], 0
         if failed:
-            _, sampled, decode_sampled = attempt(policy, tokenizer, failed, config, seed)
+            _, sampled, decode_sampled = attempt_across_ranks(policy, tokenizer, failed, config, seed)
         decode_tokens += decode_sampled
         sampled_iter = iter(sampled)
         per_problem = [next(sampled_iter) if fails else attempts for attempts, fails in zip(greedy, is_failed)]
@@ -225,7 +245,7 @@ def ei_round(model, optimizer, tokenizer, problems, replay, config, lr, seed, au
                 summary[f"{task}_greedy"] = 1 - sum(task_rows) / len(task_rows)  # greedy accuracy of the round
         sampled_rows = [(p, s) for p, s, fails in zip(problems, per_problem, is_failed) if fails]
     else:
-        prompts, per_problem, decode_tokens = attempt(policy, tokenizer, problems, config, seed)
+        prompts, per_problem, decode_tokens = attempt_across_ranks(policy, tokenizer, problems, config, seed)
         sampled_rows = list(zip(problems, per_problem))
     sample_s = time.time() - t_sample
 

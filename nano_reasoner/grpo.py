@@ -58,6 +58,12 @@ an outcome reward gives every token of a wrong solution the same blame, although
 step rewards put the blame on the step where the solution went off track, and they rank attempts of a problem that no
 sample solves by how far each got. On the tiny preset it did not beat outcome rewards alone (README, stage 4).
 
+Across ranks (torchrun, nano_reasoner/distributed.py): each rank samples the groups of its share of the prompts (a
+group never straddles two ranks, so stages (2)-(3) need nothing from the others), the objective's normaliser (kept
+completions, or kept tokens) is counted over all ranks, and the gradients are averaged before each of the mu steps:
+the update is the one a single process makes on the same samples. A rank whose groups were all dropped still takes
+part, with a zero gradient. The statistics are averaged over the ranks, each weighted by what it was taken over.
+
 Simplifications against the paper:
   - one policy, one reference model (the starting checkpoint, never refreshed; DeepSeekMath refreshes it during
     iterative RL), no reward model training alongside;
@@ -74,7 +80,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nano_reasoner import prm, tasks
+from nano_reasoner import distributed, prm, tasks
 from nano_reasoner.sampling import generate, sequence_logprobs
 
 LOSS_NORMS = ("sequence", "token")
@@ -328,26 +334,33 @@ def grpo_step(policy, reference, optimizer, tokenizer, problems, config, seed, a
 
     stats = {"kl": 0.0, "clip_frac": 0.0}
     loss = torch.zeros(())
-    if update_batch is not None:
-        kept_advantages = advantages[is_kept.to(device)]
-        # (4) log-probs of the reference (no gradients: it is never trained)
-        with torch.no_grad(), make_autocast():
-            ref_logprobs, _ = completion_logprobs(reference, update_batch)  # (N', T_c)
-        if kept_advantages.dim() == 2:
-            kept_advantages = kept_advantages[:, :ref_logprobs.shape[1]]  # (N', T_c): the kept rows' longest
+    kept_rows = 0 if update_batch is None else len(update_batch.completion_tokens)
+    kept_tokens = 0 if update_batch is None else sum(len(tokens) for tokens in update_batch.completion_tokens)
+    # the mean of stage (5) is over the kept completions (or tokens) of every rank: this rank's share of them
+    (scale,), total_kept = distributed.loss_scales([kept_rows if config.loss_norm == "sequence" else kept_tokens])
+    if total_kept > 0:  # some rank kept a group (one process: this one did)
+        if update_batch is not None:
+            kept_advantages = advantages[is_kept.to(device)]
+            # (4) log-probs of the reference (no gradients: it is never trained)
+            with torch.no_grad(), make_autocast():
+                ref_logprobs, _ = completion_logprobs(reference, update_batch)  # (N', T_c)
+            if kept_advantages.dim() == 2:
+                kept_advantages = kept_advantages[:, :ref_logprobs.shape[1]]  # (N', T_c): the kept rows' longest
         policy.train()
         old_logprobs = None
         for _ in range(config.inner_updates):
-            with make_autocast():
-                logprobs, mask = completion_logprobs(policy, update_batch)  # (N', T_c), with gradients
-            if old_logprobs is None:
-                # pi_old is the policy that sampled: at the first update it equals pi_theta (rho = 1 exactly)
-                old_logprobs = logprobs.detach()
-            # (5) loss and one gradient step
-            loss, stats = grpo_loss(logprobs.float(), old_logprobs.float(), ref_logprobs.float(), kept_advantages,
-                                    mask, config.clip_eps, config.kl_beta, config.loss_norm)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if update_batch is not None:
+                with make_autocast():
+                    logprobs, mask = completion_logprobs(policy, update_batch)  # (N', T_c), with gradients
+                if old_logprobs is None:
+                    # pi_old is the policy that sampled: at the first update it equals pi_theta (rho = 1 exactly)
+                    old_logprobs = logprobs.detach()
+                # (5) loss and one gradient step
+                loss, stats = grpo_loss(logprobs.float(), old_logprobs.float(), ref_logprobs.float(), kept_advantages,
+                                        mask, config.clip_eps, config.kl_beta, config.loss_norm)
+                (loss * scale).backward()
+            distributed.average_gradients(policy)  # over the ranks (a rank that kept nothing adds zeros)
             torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
             optimizer.step()
     update_s = time.time() - t_update
@@ -372,6 +385,13 @@ def grpo_step(policy, reference, optimizer, tokenizer, problems, config, seed, a
         "update_s": update_s,
         "decode_tokens": batch.decode_tokens,
     }
+    # over the ranks: each mean weighted by the rows or tokens it was taken over (one process: unchanged)
+    n_rows, n_tokens = len(batch.completion_tokens), float(lengths.sum())
+    weights = {"reward": n_rows, "acc": n_rows, "format": n_rows, "response_len": n_rows, "hack_frac": n_rows,
+               "kept_frac": n_rows, "entropy": n_tokens, "kl": kept_tokens, "clip_frac": kept_tokens,
+               "loss": kept_rows if config.loss_norm == "sequence" else kept_tokens}
+    summary.update(distributed.weighted_means({key: summary[key] for key in weights}, weights))
+    summary["decode_tokens"] = round(distributed.all_reduce_sum([batch.decode_tokens])[0])
     return summary, batch, hacks
 
 

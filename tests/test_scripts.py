@@ -155,6 +155,11 @@ CASES = [
      "only 0 training traces fit in --block-size 8"),
     ("fewer traces than one batch", "train_pretrain.py",
      ["--out", "new"] + TINY_RUN + ["--train-problems", "3", "--batch-size", "64"], "fewer than one batch of 64"),
+    ("micro-batches that do not split the batch", "train_pretrain.py", ["--out", "new"] + TINY_RUN + ["--grad-accum", "3"],
+     "--batch-size 4 does not split into 1 rank x --grad-accum 3"),
+    ("torchrun's 3 ranks (WORLD_SIZE=3) for a batch of 4", "train_pretrain.py", ["--out", "new"] + TINY_RUN,
+     "--batch-size 4 does not split into 3 ranks x --grad-accum 1 equal micro-batches: give a multiple of 3"),
+    ("WORLD_SIZE that is not a number", "train_pretrain.py", ["--out", "new"] + TINY_RUN, "WORLD_SIZE='two'"),
     # --- train_prm.py
     ("unknown task for the verifiers", "train_prm.py", ["--out", "new", "--policy", "policy.pt", "--tasks", "chess"],
      "--tasks chess: choose among arith, countdown"),
@@ -174,6 +179,12 @@ CASES = [
      "--ei-problems must be at least 3"),
     ("weight average that never moves", "train_rl.py", ["--out", "new", "--init", "policy.pt", "--ei-ema", "1"],
      "--ei-replay-share and --ei-ema in [0, 1)"),
+    ("torchrun's 3 ranks (WORLD_SIZE=3) for 16 GRPO prompts", "train_rl.py",
+     ["--out", "new", "--init", "policy.pt", "--algo", "grpo", "--prompts-per-step", "16"],
+     "--prompts-per-step 16 does not split evenly into 3 ranks"),
+    ("torchrun's 3 ranks (WORLD_SIZE=3) for EI batches of 16", "train_rl.py",
+     ["--out", "new", "--init", "policy.pt", "--algo", "ei", "--ei-batch-size", "16"],
+     "--ei-batch-size 16 does not split evenly into 3 ranks"),
     ("initial checkpoint with quantized weights", "train_rl.py", ["--out", "new", "--init", "quantized.pt"],
      "quantized.pt holds quantized weights (compress.py): training needs float weights"),
     # --- compress.py
@@ -224,6 +235,11 @@ CASES = [
     ("chat turn of zero tokens", "chat.py", ["--ckpt", "chat_policy.pt", "--max-new-tokens", "0"],
      "--max-new-tokens must be at least 1"),
 ]
+# the environment a case runs in, besides the argv: what torchrun would set
+CASE_ENV = {("train_pretrain.py", "torchrun's 3 ranks (WORLD_SIZE=3) for a batch of 4"): {"WORLD_SIZE": "3"},
+            ("train_pretrain.py", "WORLD_SIZE that is not a number"): {"WORLD_SIZE": "two"},
+            ("train_rl.py", "torchrun's 3 ranks (WORLD_SIZE=3) for 16 GRPO prompts"): {"WORLD_SIZE": "3"},
+            ("train_rl.py", "torchrun's 3 ranks (WORLD_SIZE=3) for EI batches of 16"): {"WORLD_SIZE": "3"}}
 REAL_PROCESS_CASES = [("unknown flag", "train_pretrain.py"), ("pickle that would run code", "infer.py")]
 
 # runs every case in this one process; writes one result per case as JSON
@@ -242,9 +258,11 @@ def snapshot():
     return files
 
 results = []
-for name, script, argv in json.load(open(cases_path)):
+for name, script, argv, env in json.load(open(cases_path)):
     before, stdout, stderr, code = snapshot(), io.StringIO(), io.StringIO(), 0
     sys.argv = [script] + argv
+    saved_env = dict(os.environ)
+    os.environ.update(env)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             runpy.run_path(os.path.join(repo, script), run_name="__main__")
@@ -253,6 +271,8 @@ for name, script, argv in json.load(open(cases_path)):
         except BaseException:
             traceback.print_exc()
             code = "escaped"
+    os.environ.clear()
+    os.environ.update(saved_env)
     after = snapshot()
     results.append({"name": name, "script": script, "code": code, "stderr": stderr.getvalue(),
                     "changed": sorted(p for p in before if after.get(p) != before[p]),
@@ -345,7 +365,8 @@ def make_workspace(work):
 def run_cases(work):
     """Run every case in one child process -> {(script, name): result}."""
     cases_path, results_path = work / "cases.json", work.parent / f"{work.name}-results.json"
-    cases_path.write_text(json.dumps([[name, script, argv] for name, script, argv, _ in CASES]))
+    cases_path.write_text(json.dumps([[name, script, argv, CASE_ENV.get((script, name), {})]
+                                      for name, script, argv, _ in CASES]))
     subprocess.run([sys.executable, "-c", DRIVER, REPO, str(cases_path), str(results_path)], cwd=work, check=True,
                    timeout=300, capture_output=True)
     return {(result["script"], result["name"]): result for result in json.loads(results_path.read_text())}
