@@ -14,9 +14,10 @@ and one add per parameter. We count tokens by where they go:
 - generated tokens: tokens the policy wrote (the "budget" unit: a budget of N samples is N times the tokens of one).
 - verifier tokens: tokens the PRM / ORM reads; it reads prompt + completion in one forward pass per call.
 - redundant prefill tokens: the part of the policy prefill that a prefix KV cache would have skipped. Step-level beam
-  search and MCTS call the sampler again on each partial solution, so they recompute the prompt and every earlier
-  step. This field says how far they fall short of prefix reuse (as in SGLang's RadixAttention, arXiv 2312.07104):
-  with a perfect prefix cache, the FLOPs would drop by 2 * policy_params * redundant_prefill_tokens.
+  search and MCTS call the sampler again on each partial solution; with their prefix cache (prefix_cache.py, as in
+  SGLang's RadixAttention, arXiv 2312.07104) they prefill only what no call computed before and this stays 0; with
+  prefix_cache=False they recompute the prompt and every earlier step, counted here.
+- tree tokens: the unique tokens of a search tree (prompt + every distinct step), the floor of what it must prefill.
 
 FLOPs = 2 * policy_params * (prefill + decode) + 2 * verifier_params * verifier_tokens.
 
