@@ -137,6 +137,14 @@ CASES = [
      "no checkpoint at nope.pt"),
     ("fine-tuning from a PRM checkpoint", "train_pretrain.py", ["--out", "new", "--init", "prm.pt"] + TINY_RUN,
      "holds a prm checkpoint, expected policy"),
+    ("distilling with --init too", "train_pretrain.py", ["--out", "new", "--teacher", "policy.pt", "--init", "policy.pt"]
+     + TINY_RUN, "--teacher trains a student from scratch: drop --init"),
+    ("distilling at temperature 0", "train_pretrain.py", ["--out", "new", "--teacher", "policy.pt"] + TINY_RUN
+     + ["--kd-temperature", "0"], "--kd-temperature must be a number in (0, 100]"),
+    ("distilling from a missing teacher", "train_pretrain.py", ["--out", "new", "--teacher", "nope.pt"] + TINY_RUN,
+     "no checkpoint at nope.pt"),
+    ("distilling from a PRM checkpoint", "train_pretrain.py", ["--out", "new", "--teacher", "prm.pt"] + TINY_RUN,
+     "holds a prm checkpoint, expected policy"),
     # --- train_pretrain.py: run folders and checkpoints
     ("--out is a file", "train_pretrain.py", ["--out", "good.jsonl"] + TINY_RUN, "--out good.jsonl is a file"),
     ("run folder that holds a checkpoint, no --resume", "train_pretrain.py", ["--out", "run"] + TINY_RUN,
@@ -223,6 +231,19 @@ CASES = [
      "\"turns\" must be a non-empty list of strings"),
     ("chat turn of zero tokens", "chat.py", ["--ckpt", "chat_policy.pt", "--max-new-tokens", "0"],
      "--max-new-tokens must be at least 1"),
+    # --- train_adapt.py
+    ("no policy to adapt", "train_adapt.py", ["--out", "new"], "the following arguments are required: --init"),
+    ("adapting a missing checkpoint", "train_adapt.py", ["--out", "new", "--init", "nope.pt"], "no checkpoint at nope.pt"),
+    ("adapting a quantized checkpoint", "train_adapt.py", ["--out", "new", "--init", "quantized.pt"],
+     "holds quantized weights"),
+    ("replay share of 1", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--replay-share", "1"],
+     "--replay-share must be a number in [0, 1)"),
+    ("LoRA on a matrix that does not exist", "train_adapt.py",
+     ["--out", "new", "--init", "policy.pt", "--lora-targets", "attn.c_q"], "--lora-targets 'attn.c_q'"),
+    ("LoRA of rank 0", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--lora-rank", "0"],
+     "--lora-rank must be a positive number"),
+    ("operands that are not a range", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--operands", "big"],
+     "--operands 'big'"),
 ]
 REAL_PROCESS_CASES = [("unknown flag", "train_pretrain.py"), ("pickle that would run code", "infer.py")]
 
