@@ -1,9 +1,9 @@
 """
 Run every stage end to end: pre-training -> reasoning traces (the reasoner) -> verifiers -> post-training with
 rule-based rewards (expert iteration; train_rl.py --algo grpo for GRPO) -> compression (int8 and int4 copies of the
-final policy, compress.py) -> conversation (the chat fine-tune, chat.py) -> distillation (a student with a third of the
-final policy's parameters, train_pretrain.py --teacher) -> domain adaptation (the final policy taught three-digit
-arith, train_adapt.py) -> test-time scaling.
+final policy, compress.py) -> conversation (the chat fine-tune, chat.py) -> a student with a third of the final
+policy's parameters, trained the way that won at equal CPU time (train_pretrain.py --teacher, DISTILL_ARM) ->
+domain adaptation (the final policy taught three-digit arith, train_adapt.py) -> test-time scaling.
 
     python pipeline.py --preset tiny            # the whole story on a laptop CPU, into runs/tiny/
 
@@ -23,7 +23,10 @@ import time
 # the sweep on the tiny reasoner: its traces are ~4x longer than a straight policy's, so fewer problems and budgets
 SCALING_TINY = ["--scaling-problems", "32", "--scaling-budgets", "1,2,4,8,16"]
 REASON_ARITH_TRACES = "straight"  # retry traces cost 3-operation arith 7 points (docs/reasoning_log.md)
-DISTILL_ARM = "logits"  # the best of the four arms at equal CPU time (benchmarks/distill_compare.py, docs/distill_log.md)
+# the best of the four arms at equal CPU time (benchmarks/distill_compare.py, docs/distill_log.md): the student on the
+# exact traces alone (the teacher gives its tokenizer and the size to beat) beat the teacher's traces (a) and soft
+# targets (b) and the exact traces + GRPO (d); "traces" is R1's recipe, if a run wants the student to learn from it
+DISTILL_ARM = "none"
 
 
 def stages(preset, run_dir):

@@ -28,7 +28,7 @@ import torch
 
 from nano_reasoner import lora, tasks
 from nano_reasoner.checkpoint import save_checkpoint
-from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
+from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, pick_device, run_main
 from nano_reasoner.data import batches, collate, decision_weights, make_examples, replay_batches
 from nano_reasoner.evaluate import (EVAL_DIFFICULTIES, SHIFTED_DIFFICULTIES, greedy_accuracy, held_out_problems,
                                     held_out_shifted)
@@ -102,10 +102,10 @@ def parse_args(argv=None):
     args.lora_targets = tuple(t for t in args.lora_targets.split(",") if t)
     if not args.lora_targets or not set(args.lora_targets) <= set(lora.TARGETS):
         raise UserError(f"--lora-targets {','.join(args.lora_targets)!r}: choose among {','.join(lora.TARGETS)}")
-    low, high = parse_range(args.operands, "--operands")[0], parse_range(args.operands, "--operands")[-1]
-    if not 0 <= low <= high <= 9999:
-        raise UserError(f"--operands {args.operands}: give a range such as 100-999 within 0-9999")
-    args.operand_range = (low, high)
+    low, _, high = args.operands.partition("-")
+    if not (low.isdigit() and high.isdigit() and int(low) <= int(high) <= 9999):
+        raise UserError(f"--operands {args.operands!r}: give a range such as 100-999 within 0-9999")
+    args.operand_range = (int(low), int(high))
     return args
 
 
@@ -138,6 +138,11 @@ def evaluate(model, tokenizer, problems_by_domain):
     accuracy = {domain: greedy_accuracy(model, tokenizer, problems)[0] for domain, problems in problems_by_domain.items()}
     model.train(was_training)
     return accuracy
+
+
+def init_params(model):
+    """Parameters of the model, a LoRA model's frozen weights included and its LoRA matrices not."""
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
 
 
 DOMAINS = {"new": "three-digit arith", "arith": "arith (original)", "countdown": "countdown (original)"}
@@ -272,11 +277,6 @@ def main():
         markdown_table(["domain", "before", "after", "change (points)", "by operations"], rows), "",
         f"![adapt](adapt/adapt.png)", ""]))
     print(f"wrote {ckpt_path}, {args.out}/adapt.png, report.md ({train_seconds / 60:.1f} min of training)")
-
-
-def init_params(model):
-    """Parameters of the model, a LoRA model's frozen weights included and its LoRA matrices not."""
-    return sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
 
 
 if __name__ == "__main__":

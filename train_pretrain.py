@@ -95,9 +95,10 @@ CHAT_PRESETS = {
 
 # distillation (--teacher): a student with a third of the teacher's parameters (4 x 72: 254k against the tiny policy's
 # 796k), from scratch, in the teacher's trace format (long search traces need the fine-tuning context), at a higher
-# learning rate than the bigger model's (benchmarks/distill_compare.py, docs/distill_log.md)
+# learning rate than the bigger model's; 4600 steps are about 4 minutes of the exact traces on 2 cores (--distill
+# traces takes 4100 in the same time, logits 2950: benchmarks/distill_compare.py, docs/distill_log.md)
 DISTILL_PRESETS = {
-    "tiny": dict(n_layer=4, n_embd=72, n_head=4, block_size=512, steps=3000, lr=2e-3, train_problems=20000,
+    "tiny": dict(n_layer=4, n_embd=72, n_head=4, block_size=512, steps=4600, lr=2e-3, train_problems=20000,
                  countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
     "small": dict(n_layer=4, n_embd=144, n_head=4, block_size=512, steps=3000, lr=2e-3, train_problems=100000,
                   countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
@@ -125,8 +126,9 @@ def parse_args(argv=None):
     parser.add_argument("--chat-conversations", type=int, default=300,
                         help="--chat: held-out three-turn conversations measured at the end (default 300)")
     # distillation (nano_reasoner/distill.py)
-    parser.add_argument("--teacher", help="distil: train a student from scratch on what this policy checkpoint knows, "
-                        "with its tokenizer and the distillation preset (DISTILL_PRESETS; model flags size the student)")
+    parser.add_argument("--teacher", help="distil: train a student from scratch (or from --init, a student with the "
+                        "same tokenizer) on what this policy checkpoint knows, with its tokenizer and the distillation "
+                        "preset (DISTILL_PRESETS; model flags size the student)")
     parser.add_argument("--distill", choices=("logits", "traces", "none"), default="logits",
                         help="--teacher: learn the teacher's token distributions on the exact traces (logits, Hinton "
                         "et al.; default), its verified greedy solutions instead of the exact traces (traces, R1), or "
@@ -135,8 +137,9 @@ def parse_args(argv=None):
                         "distributions (default 2.0)")
     parser.add_argument("--kd-weight", type=float, default=0.9, help="--distill logits: w in w * T^2 KL + (1 - w) * "
                         "cross-entropy on the trace's tokens (default 0.9)")
-    parser.add_argument("--teacher-problems", type=int, default=4000, help="--distill traces: problems per task the "
-                        "teacher solves, arith scaled by --arith-ratio (default 4000)")
+    parser.add_argument("--teacher-problems", type=int, default=2000, help="--distill traces: countdown problems the "
+                        "teacher solves, arith ones --arith-ratio times as many (default 2000: about 66 s of the tiny "
+                        "teacher's sampling on 2 cores)")
     # model
     parser.add_argument("--n-layer", type=int, help="transformer blocks (preset)")
     parser.add_argument("--n-embd", type=int, help="width (preset)")
@@ -189,8 +192,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.chat and not args.init:
         raise UserError("--chat fine-tunes a trained policy: pass --init runs/tiny/rl/ckpt.pt (or another policy)")
-    if args.teacher and args.init:
-        raise UserError("--teacher trains a student from scratch: drop --init (or --teacher)")
+    if args.teacher and args.chat:
+        raise UserError("--teacher and --chat are two different runs: drop one")
     preset = dict(PRESETS[args.preset])
     preset.update(FINETUNE_PRESETS[args.preset] if args.init else {})
     preset.update(DISTILL_PRESETS[args.preset] if args.teacher else {})
@@ -341,7 +344,11 @@ def main():
             init_model, init_tokenizer = chat.add_chat_tokens(init_model, init_tokenizer)
     teacher = None
     if args.teacher:  # distillation: the frozen teacher, read first so a bad one fails at once
-        teacher, init_tokenizer, _ = load_policy(args.teacher, device)
+        teacher, teacher_tokenizer, _ = load_policy(args.teacher, device)
+        if init is not None and teacher_tokenizer.sha256 != init_tokenizer.sha256:
+            raise UserError(f"--init {args.init} and --teacher {args.teacher} have different tokenizers: a student "
+                            f"learns from its teacher only over the same vocabulary")
+        init_tokenizer = teacher_tokenizer
 
     # data: held-out problems first, so training never sees them
     t_data, teacher_seconds = time.time(), 0.0

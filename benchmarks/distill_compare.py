@@ -11,7 +11,7 @@ policy's 796k), the same seed, the same held-out problems (500 per task):
   (c) exact: the task's exact traces alone, no teacher;
   (d) exact + GRPO: (c) for a share of the time, then GRPO (train_rl.py --algo grpo) for the rest: R1's other arm,
       reinforcement learning on the small model itself.
-Each arm's number of steps is set so that its training takes about --budget seconds on this machine (the rates are
+Each arm's number of steps is set so that its training takes about 240 seconds on this machine (the rates are
 measured, docs/distill_log.md); the table reports the seconds each arm actually took. With --lock each run holds the
 file lock exclusively, so that nothing else runs on the CPU while it is timed. Finished arms are skipped (delete a
 folder to rerun it). Prints a markdown table and writes the plot (--plot, default docs/distill.png).
@@ -33,17 +33,17 @@ parser.add_argument("--seed", type=int, default=1337, help="seed of every arm (d
 parser.add_argument("--arms", default="abcd", help="the arms to run and tabulate, by letter (default abcd; another "
                     "seed of the two that decide the R1 comparison: --arms ad --seed 1)")
 parser.add_argument("--threads", type=int, default=None, help="CPU threads of every run (default: all cores)")
-# the steps that make each arm about 180 s on the 2-core CPU (rates in docs/distill_log.md)
-parser.add_argument("--steps-traces", type=int, default=3200, help="(a) student steps (default 3200)")
+# the steps that make each arm about 240 s on the 2-core CPU (rates in docs/distill_log.md)
+parser.add_argument("--steps-traces", type=int, default=4100, help="(a) student steps (default 4100)")
 parser.add_argument("--teacher-problems", type=int, default=2000, help="(a) countdown problems the teacher solves, "
                     "twice as many arith (default 2000)")
-parser.add_argument("--steps-logits", type=int, default=2200, help="(b) student steps (default 2200)")
+parser.add_argument("--steps-logits", type=int, default=2950, help="(b) student steps (default 2950)")
 parser.add_argument("--kd-temperature", type=float, default=2.0, help="(b) T (default 2.0)")
 parser.add_argument("--kd-weight", type=float, default=0.9, help="(b) weight of the KD term (default 0.9)")
 parser.add_argument("--logits-folder", default="logits", help="(b) run folder, to keep variants apart (default logits)")
-parser.add_argument("--steps-exact", type=int, default=3400, help="(c) student steps (default 3400)")
-parser.add_argument("--steps-sft", type=int, default=2300, help="(d) steps of (c) before GRPO (default 2300)")
-parser.add_argument("--grpo-steps", type=int, default=12, help="(d) GRPO steps (default 12)")
+parser.add_argument("--steps-exact", type=int, default=4600, help="(c) student steps (default 4600)")
+parser.add_argument("--steps-sft", type=int, default=3800, help="(d) steps of (c) before GRPO (default 3800)")
+parser.add_argument("--grpo-steps", type=int, default=35, help="(d) GRPO steps (default 35)")
 args = parser.parse_args()
 
 # every arm: the same student, tokenizer and data (DISTILL_PRESETS); --distill none takes only the teacher's tokenizer
@@ -87,20 +87,23 @@ for name, runs in ARMS.items():
     seconds = sum(read(folder, "eval.json")["train_seconds"] for folder, _ in runs)
     last = runs[-1][0]
     evaluation = read(last, "eval.json")
-    if "after" in evaluation:  # train_rl.py: before (the SFT) and after (GRPO)
+    if "after" in evaluation:  # train_rl.py: before (the SFT) and after (GRPO), a line from one to the other
         accuracy = {task: evaluation["after"][task]["greedy"] for task in ("arith", "countdown")}
         params = read(runs[0][0], "config.json")["params"]
+        sft_seconds = read(runs[0][0], "eval.json")["train_seconds"]
+        points[name] = ([sft_seconds, seconds], {task: [evaluation["before"][task]["greedy"]["all"], accuracy[task]["all"]]
+                                                 for task in accuracy})
     else:
         accuracy = {task: evaluation[task] for task in ("arith", "countdown")}
         params = read(last, "config.json")["params"]
+        points[name] = ([seconds], {task: [accuracy[task]["all"]] for task in accuracy})
     rows.append([name, f"{params:,}", f"{seconds:.0f}", f"{accuracy['arith']['all']:.1%}",
                  f"{accuracy['countdown']['all']:.1%}", ", ".join(f"{d}: {accuracy['arith'][d]:.0%}" for d in "1234")])
-    points[name] = (seconds, accuracy)
 teacher_params = read(next(iter(ARMS.values()))[0][0], "config.json")["teacher_params"]
 print(f"student {rows[0][1]} parameters, teacher {teacher_params:,}; greedy on 500 held-out problems per task:")
 print(markdown_table(["arm", "parameters", "CPU seconds", "arith", "countdown", "arith by operations"], rows))
 panels = [{"title": f"{task}: held-out greedy accuracy (500)", "xlabel": "training CPU seconds (2 cores)",
-           "ylabel": "accuracy", "series": {name: ([s], [acc[task]["all"]]) for name, (s, acc) in points.items()}}
+           "ylabel": "accuracy", "series": {name: (xs, ys[task]) for name, (xs, ys) in points.items()}}
           for task in ("arith", "countdown")]
 plot_panels(args.plot, panels, title=f"students of {teacher_params / 1e3:.0f}k -> {int(rows[0][1].replace(',', '')) / 1e3:.0f}k "
                                      f"parameters at equal CPU time")

@@ -137,8 +137,10 @@ CASES = [
      "no checkpoint at nope.pt"),
     ("fine-tuning from a PRM checkpoint", "train_pretrain.py", ["--out", "new", "--init", "prm.pt"] + TINY_RUN,
      "holds a prm checkpoint, expected policy"),
-    ("distilling with --init too", "train_pretrain.py", ["--out", "new", "--teacher", "policy.pt", "--init", "policy.pt"]
-     + TINY_RUN, "--teacher trains a student from scratch: drop --init"),
+    ("distilling into a student of another tokenizer", "train_pretrain.py",
+     ["--out", "new", "--teacher", "policy.pt", "--init", "countdown_only.pt"] + TINY_RUN, "have different tokenizers"),
+    ("distilling in a chat run", "train_pretrain.py", ["--out", "new", "--teacher", "policy.pt", "--init", "policy.pt",
+                                                       "--chat"] + TINY_RUN, "--teacher and --chat are two different runs"),
     ("distilling at temperature 0", "train_pretrain.py", ["--out", "new", "--teacher", "policy.pt"] + TINY_RUN
      + ["--kd-temperature", "0"], "--kd-temperature must be a number in (0, 100]"),
     ("distilling from a missing teacher", "train_pretrain.py", ["--out", "new", "--teacher", "nope.pt"] + TINY_RUN,
@@ -243,7 +245,7 @@ CASES = [
     ("LoRA of rank 0", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--lora-rank", "0"],
      "--lora-rank must be a positive number"),
     ("operands that are not a range", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--operands", "big"],
-     "--operands 'big'"),
+     "--operands 'big': give a range such as 100-999"),
 ]
 REAL_PROCESS_CASES = [("unknown flag", "train_pretrain.py"), ("pickle that would run code", "infer.py")]
 
