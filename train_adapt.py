@@ -176,6 +176,9 @@ def main():
     block_size = model.config.block_size
     new_examples = [ex for ex in new_examples if len(ex.tokens) <= block_size]
     replay = [ex for ex in replay if len(ex.tokens) <= block_size]
+    if len(new_examples) < args.batch_size:  # the batch stream would wait forever for a first full batch
+        raise UserError(f"only {len(new_examples)} new-domain traces fit in {args.init}'s context of {block_size} "
+                        f"tokens, fewer than one batch of {args.batch_size}: raise --train-problems or lower --batch-size")
     print(f"data: {len(new)} new problems ({sum(len(ex.tokens) for ex in new_examples) / len(new_examples):.0f} tokens "
           f"on average), {len(replay)} original traces to replay, {time.time() - t_data:.1f}s")
 
@@ -198,7 +201,7 @@ def main():
         stream = batches(new_examples, args.batch_size, seed=args.seed, bucket_batches=4)
     decision_ids = [tokenizer.end_think_id, tokenizer.encode(tasks.UNDO)[0]]
     metrics = MetricsLogger(args.out)
-    metrics.truncate_after(0)
+    metrics.truncate_after(-1)  # a run starts afresh: nothing from an earlier attempt stays
     write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": init["model_config"],
                                                        "trainable_params": trainable})
     curve = evaluate(model, tokenizer, curve_problems)

@@ -244,6 +244,9 @@ CASES = [
      ["--out", "new", "--init", "policy.pt", "--lora-targets", "attn.c_q"], "--lora-targets 'attn.c_q'"),
     ("LoRA of rank 0", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--lora-rank", "0"],
      "--lora-rank must be a positive number"),
+    ("fewer new problems than one batch", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--train-problems",
+                                                             "4", "--eval-problems", "2", "--threads", "1"],
+     "fewer than one batch of 16"),
     ("operands that are not a range", "train_adapt.py", ["--out", "new", "--init", "policy.pt", "--operands", "big"],
      "--operands 'big': give a range such as 100-999"),
 ]
