@@ -511,7 +511,8 @@ def main():
     thinking = evaluate_thinking(averaged, tokenizer, final_attempts["countdown"], args,
                                  init_model.to(device) if init is not None and not args.chat else None)
     chat_summary = evaluate_chat(averaged, tokenizer, chat_eval) if args.chat else None
-    metrics.log(step=step, final=True, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
+    metrics.log(step=step, final=True, train_seconds=train_seconds,
+                **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
     print(f"final greedy accuracy on {args.eval_problems} held-out problems per task ({time.time() - t_eval:.0f}s):")
     rows = []
     for task, acc in accuracy.items():
@@ -527,7 +528,6 @@ def main():
     write_json(os.path.join(args.out, "eval.json"), {
         **{task: {str(k): v for k, v in acc.items()} for task, acc in accuracy.items()},
         "countdown_uniform_targets": {str(k): v for k, v in uniform.items()},
-        "train_seconds": train_seconds,
         "countdown_thinking": countdown_thinking,
         "budget_sweep": {name: [dict(row, accuracy={str(k): v for k, v in row["accuracy"].items()}) for row in rows]
                          for name, rows in thinking.get("budget_sweep", {}).items()},

@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 
-from nano_reasoner.report import markdown_table, plot_panels
+from nano_reasoner.report import markdown_table, plot_panels, read_metrics
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--teacher", required=True, help="the teacher policy checkpoint")
@@ -82,15 +82,23 @@ def read(folder, name):
         return json.load(f)
 
 
+def train_seconds(folder):
+    """train_rl.py writes its training seconds to eval.json, train_pretrain.py to the last record of metrics.jsonl."""
+    evaluation = read(folder, "eval.json")
+    if "train_seconds" in evaluation:
+        return evaluation["train_seconds"]
+    return [m for m in read_metrics(os.path.join(args.out, folder, "metrics.jsonl")) if m.get("final")][-1]["train_seconds"]
+
+
 rows, points = [], {}
 for name, runs in ARMS.items():
-    seconds = sum(read(folder, "eval.json")["train_seconds"] for folder, _ in runs)
+    seconds = sum(train_seconds(folder) for folder, _ in runs)
     last = runs[-1][0]
     evaluation = read(last, "eval.json")
     if "after" in evaluation:  # train_rl.py: before (the SFT) and after (GRPO), a line from one to the other
         accuracy = {task: evaluation["after"][task]["greedy"] for task in ("arith", "countdown")}
         params = read(runs[0][0], "config.json")["params"]
-        sft_seconds = read(runs[0][0], "eval.json")["train_seconds"]
+        sft_seconds = train_seconds(runs[0][0])
         points[name] = ([sft_seconds, seconds], {task: [evaluation["before"][task]["greedy"]["all"], accuracy[task]["all"]]
                                                  for task in accuracy})
     else:
