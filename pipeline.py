@@ -1,8 +1,9 @@
 """
 Run every stage end to end: pre-training -> reasoning traces (the reasoner) -> verifiers -> post-training with
 rule-based rewards (expert iteration; train_rl.py --algo grpo for GRPO) -> compression (int8 and int4 copies of the
-final policy, compress.py) -> conversation (the chat fine-tune, chat.py)
--> test-time scaling.
+final policy, compress.py) -> conversation (the chat fine-tune, chat.py) -> a student with a third of the final
+policy's parameters, trained the way that won at equal CPU time (train_pretrain.py --teacher, DISTILL_ARM) ->
+domain adaptation (the final policy taught three-digit arith, train_adapt.py) -> test-time scaling.
 
     python pipeline.py --preset tiny            # the whole story on a laptop CPU, into runs/tiny/
 
@@ -22,6 +23,10 @@ import time
 # the sweep on the tiny reasoner: its traces are ~4x longer than a straight policy's, so fewer problems and budgets
 SCALING_TINY = ["--scaling-problems", "32", "--scaling-budgets", "1,2,4,8,16"]
 REASON_ARITH_TRACES = "straight"  # retry traces cost 3-operation arith 7 points (docs/reasoning_log.md)
+# the best of the four arms at equal CPU time (benchmarks/distill_compare.py, docs/distill_log.md): the student on the
+# exact traces alone (the teacher gives its tokenizer and the size to beat) beat the teacher's traces (a) and soft
+# targets (b) and the exact traces + GRPO (d); "traces" is R1's recipe, if a run wants the student to learn from it
+DISTILL_ARM = "none"
 
 
 def stages(preset, run_dir):
@@ -30,6 +35,7 @@ def stages(preset, run_dir):
     # the reasoner (train_pretrain.py --init): from here on the verifiers, RL and the sweep use it
     reason = os.path.join(run_dir, "reason", "ckpt.pt")
     prm = os.path.join(run_dir, "prm", "ckpt.pt")
+    final = os.path.join(run_dir, "rl", "ckpt.pt")  # the final policy: compressed, chatted with, distilled, adapted
     planned = [
         ("pretrain", ["train_pretrain.py", "--preset", preset, "--out", os.path.dirname(pretrain)],
          os.path.join(run_dir, "pretrain", "eval.json")),
@@ -50,6 +56,11 @@ def stages(preset, run_dir):
         ("chat", ["train_pretrain.py", "--preset", preset, "--init", os.path.join(run_dir, "rl", "ckpt.pt"), "--chat",
                   "--out", os.path.join(run_dir, "chat")],
          os.path.join(run_dir, "chat", "eval.json")),
+        ("distill", ["train_pretrain.py", "--preset", preset, "--teacher", final, "--distill", DISTILL_ARM,
+                     "--countdown-traces", "search", "--out", os.path.join(run_dir, "distill")],
+         os.path.join(run_dir, "distill", "eval.json")),
+        ("adapt", ["train_adapt.py", "--preset", preset, "--init", final, "--out", os.path.join(run_dir, "adapt")],
+         os.path.join(run_dir, "adapt", "eval.json")),
         ("scaling", ["infer.py", "--scaling", "--ckpt", reason, "--verifier", prm,
                      "--orm", os.path.join(run_dir, "prm", "orm.pt"), "--scaling-out", os.path.join(run_dir, "scaling")]
          + (SCALING_TINY if preset == "tiny" else []),
@@ -72,8 +83,8 @@ def main():
         if os.path.exists(done_marker):
             print(f"== {name}: done already ({done_marker}), skipped")
             continue
-        # the sweep and the compressions are short: they run again from the start rather than resume
-        is_resumable = name != "scaling" and not name.startswith("compress")
+        # the sweep, the compressions and the adaptation are short: they run again from the start rather than resume
+        is_resumable = name not in ("scaling", "adapt") and not name.startswith("compress")
         if is_resumable and os.path.exists(os.path.join(os.path.dirname(done_marker), "ckpt.pt")):
             command = command + ["--resume"]  # stopped half way last time: continue it
         print(f"== {name}: python {' '.join(command)}", flush=True)

@@ -32,6 +32,13 @@ It adds the tokens `<user>`, `<assistant>` and `ans` (the tokenizer and the embe
 conversations of one to three turns rendered exactly as chat.py renders them (every earlier turn's thinking dropped,
 the last turn's kept and learned; follow-up questions use `ans`, the previous answer) mixed with plain single
 problems (ChatMix), and measures three-turn conversations with the thinking dropped and kept (eval.json "chat").
+
+Distillation (`--teacher CKPT`): a student, smaller than the teacher (DISTILL_PRESETS: a third of its parameters),
+trained from scratch with the teacher's tokenizer, on the teacher's soft targets over the exact traces
+(`--distill logits`: KL at temperature T, Hinton et al.) or on the teacher's verified solutions instead of the exact
+traces (`--distill traces`: DeepSeek-R1's distilled models); `--distill none` is the control, the same student on the
+exact traces alone (the teacher gives only its tokenizer). nano_reasoner/distill.py explains the two, and
+benchmarks/distill_compare.py compares them with the exact traces alone and with GRPO on top, at equal CPU time.
 """
 import argparse
 import copy
@@ -47,6 +54,7 @@ from nano_reasoner import chat, distributed, tasks
 from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, CheckpointError
 from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
 from nano_reasoner.data import batches, collate, decision_weights, make_examples
+from nano_reasoner.distill import kd_loss, teacher_examples
 from nano_reasoner.evaluate import EVAL_DIFFICULTIES, greedy_accuracy, held_out_problems
 from nano_reasoner.model import GPT, GPTConfig, configure_optimizer, update_average
 from nano_reasoner.report import MetricsLogger, markdown_table, plot_panels, progress_line, write_json, write_report_section
@@ -90,6 +98,20 @@ CHAT_PRESETS = {
 }
 
 
+# distillation (--teacher): a student with a third of the teacher's parameters (4 x 72: 254k against the tiny policy's
+# 796k), from scratch, in the teacher's trace format (long search traces need the fine-tuning context), at a higher
+# learning rate than the bigger model's; 4600 steps are about 4 minutes of the exact traces on 2 cores (--distill
+# traces takes 4100 in the same time, logits 2950: benchmarks/distill_compare.py, docs/distill_log.md)
+DISTILL_PRESETS = {
+    "tiny": dict(n_layer=4, n_embd=72, n_head=4, block_size=512, steps=4600, lr=2e-3, train_problems=20000,
+                 countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
+    "small": dict(n_layer=4, n_embd=144, n_head=4, block_size=512, steps=3000, lr=2e-3, train_problems=100000,
+                  countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
+    "base": dict(n_layer=4, n_embd=288, n_head=8, block_size=512, steps=6000, lr=1e-3, train_problems=200000,
+                 countdown_products="digits", decision_weight=4.0, bucket_batches=16, arith_ratio=2.0),
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="tiny", help="sizes: tiny (CPU, 0.8M params), small, base (GPU)")
@@ -108,6 +130,21 @@ def parse_args(argv=None):
                         help=f"--chat: how often a turn after an arith turn uses `ans` (default {chat.ChatMix.follow_up_share})")
     parser.add_argument("--chat-conversations", type=int, default=300,
                         help="--chat: held-out three-turn conversations measured at the end (default 300)")
+    # distillation (nano_reasoner/distill.py)
+    parser.add_argument("--teacher", help="distil: train a student from scratch (or from --init, a student with the "
+                        "same tokenizer) on what this policy checkpoint knows, with its tokenizer and the distillation "
+                        "preset (DISTILL_PRESETS; model flags size the student)")
+    parser.add_argument("--distill", choices=("logits", "traces", "none"), default="logits",
+                        help="--teacher: learn the teacher's token distributions on the exact traces (logits, Hinton "
+                        "et al.; default), its verified greedy solutions instead of the exact traces (traces, R1), or "
+                        "nothing from it (none: the same student on the exact traces alone, the control)")
+    parser.add_argument("--kd-temperature", type=float, default=2.0, help="--distill logits: T that softens both "
+                        "distributions (default 2.0)")
+    parser.add_argument("--kd-weight", type=float, default=0.9, help="--distill logits: w in w * T^2 KL + (1 - w) * "
+                        "cross-entropy on the trace's tokens (default 0.9)")
+    parser.add_argument("--teacher-problems", type=int, default=2000, help="--distill traces: countdown problems the "
+                        "teacher solves, arith ones --arith-ratio times as many (default 2000: about 66 s of the tiny "
+                        "teacher's sampling on 2 cores)")
     # model
     parser.add_argument("--n-layer", type=int, help="transformer blocks (preset)")
     parser.add_argument("--n-embd", type=int, help="width (preset)")
@@ -163,8 +200,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.chat and not args.init:
         raise UserError("--chat fine-tunes a trained policy: pass --init runs/tiny/rl/ckpt.pt (or another policy)")
+    if args.teacher and args.chat:
+        raise UserError("--teacher and --chat are two different runs: drop one")
     preset = dict(PRESETS[args.preset])
     preset.update(FINETUNE_PRESETS[args.preset] if args.init else {})
+    preset.update(DISTILL_PRESETS[args.preset] if args.teacher else {})
     preset.update(CHAT_PRESETS[args.preset] if args.chat else {})
     for key, value in preset.items():
         if getattr(args, key) is None:
@@ -201,6 +241,10 @@ def parse_args(argv=None):
         raise UserError("--chat-countdown-share and --chat-follow-up-share must be numbers in [0, 1]")
     if not 0 <= args.ema < 1:
         raise UserError("--ema must be a number in [0, 1): 0.995 averages about the last 200 steps, 0 turns it off")
+    if not (0 < args.kd_temperature <= 100 and 0 <= args.kd_weight <= 1):
+        raise UserError("--kd-temperature must be a number in (0, 100] and --kd-weight one in [0, 1]")
+    if args.teacher_problems < 1:
+        raise UserError("--teacher-problems must be a positive number of problems per task")
     return args
 
 
@@ -315,15 +359,22 @@ def main():
         init_model, init_tokenizer, init = load_policy(args.init, "cpu", for_training=True)
         if args.chat:  # the markers and `ans` join the vocabulary (chat.add_chat_tokens)
             init_model, init_tokenizer = chat.add_chat_tokens(init_model, init_tokenizer)
+    teacher = None
+    if args.teacher:  # distillation: the frozen teacher, read first so a bad one fails at once
+        teacher, teacher_tokenizer, _ = load_policy(args.teacher, device)
+        if init is not None and teacher_tokenizer.sha256 != init_tokenizer.sha256:
+            raise UserError(f"--init {args.init} and --teacher {args.teacher} have different tokenizers: a student "
+                            f"learns from its teacher only over the same vocabulary")
+        init_tokenizer = teacher_tokenizer
 
     # data: held-out problems first, so training never sees them
-    t_data = time.time()
+    t_data, teacher_seconds = time.time(), 0.0
     eval_small = held_out_problems(100, args.seed)
     eval_final = held_out_problems(args.eval_problems, args.seed)
     train = training_problems(args, eval_final) if not args.chat else []  # --chat makes its own (below)
     trace_kinds = {"arith": args.arith_traces, "countdown": args.countdown_traces}
     tokenizer_path = os.path.join(args.out, "tokenizer.model")
-    if init is not None:  # fine-tuning: the policy's own tokenizer
+    if init is not None or teacher is not None:  # fine-tuning: the policy's own tokenizer; a student: the teacher's
         tokenizer = init_tokenizer
         if distributed.is_main():
             with open(tokenizer_path, "wb") as f:
@@ -341,6 +392,14 @@ def main():
             mix = chat.ChatMix(countdown_share=args.chat_countdown_share, follow_up_share=args.chat_follow_up_share)
             examples = chat.training_examples(tokenizer, args.train_problems, args.seed, mix, exclude, args.granularity,
                                               args.countdown_products, keep_thinking=args.chat_thinking == "kept")
+        elif teacher is not None and args.distill == "traces":  # the teacher's verified solutions (distill.py)
+            t_teacher = time.time()
+            solved = [p for p in train if p.task == "arith"][:round(args.teacher_problems * args.arith_ratio)] \
+                + [p for p in train if p.task == "countdown"][:args.teacher_problems]
+            examples, kept_share, _ = teacher_examples(teacher, tokenizer, solved, seed=args.seed)
+            teacher_seconds = time.time() - t_teacher
+            print(f"teacher: solved {len(solved)} problems in {teacher_seconds:.0f}s, kept "
+                  + ", ".join(f"{task} {share:.1%}" for task, share in kept_share.items()), flush=True)
         else:
             examples = make_examples(tokenizer, train, args.granularity, trace_kinds, args.retry_share,
                                      args.countdown_products)
@@ -349,6 +408,9 @@ def main():
                         f"another --out") from None
     too_long = sum(len(ex.tokens) > args.block_size for ex in examples)
     examples = [ex for ex in examples if len(ex.tokens) <= args.block_size]
+    if teacher is not None and args.distill == "traces" and len(examples) < args.batch_size:
+        raise UserError(f"the teacher solved only {len(examples)} of its problems, fewer than one batch of "
+                        f"{args.batch_size}: raise --teacher-problems, or distil a trained policy")
     if len(examples) < args.batch_size:  # the batch stream would wait forever for a first full batch
         raise UserError(f"only {len(examples)} training traces fit in --block-size {args.block_size} ({too_long} are "
                         f"longer), fewer than one batch of {args.batch_size}: raise --block-size or --train-problems, "
@@ -371,6 +433,9 @@ def main():
     # the average handed on (module docstring); without --ema it is the training model itself
     averaged = copy.deepcopy(model) if args.ema > 0 else model
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {args.n_layer} layers, width {args.n_embd}, device {device}")
+    if teacher is not None:  # the student must be smaller to be worth it: both counts, embeddings included
+        print(f"student {model.num_params():,} parameters, teacher {teacher.num_params():,}: "
+              f"1/{teacher.num_params() / model.num_params():.2f} of it")
     step = 0
     metrics = MetricsLogger(args.out)
     if ckpt is not None:
@@ -388,7 +453,8 @@ def main():
         # drop what a killed attempt logged after its checkpoint (or, starting afresh, all it logged): no step twice
         metrics.truncate_after(step)
         write_json(os.path.join(args.out, "config.json"), {"args": vars(args), "model_config": vars(config),
-                                                           "params": model.num_params()})
+                                                           "params": model.num_params(),
+                                                           **({"teacher_params": teacher.num_params()} if teacher else {})})
     # what the optimizer trains through: under torchrun, DDP around the model (gradients averaged over the ranks)
     train_model = distributed.wrap(model)
 
@@ -439,7 +505,12 @@ def main():
         for index, ((inputs, targets, loss_mask), scale) in enumerate(zip(micro_batches, scales)):
             with distributed.sync_gradients(train_model, index == len(micro_batches) - 1):  # all-reduce on the last
                 with autocast(device):
-                    _, loss = train_model(inputs, targets, loss_mask=loss_mask)
+                    logits, loss = train_model(inputs, targets, loss_mask=loss_mask)
+                    if teacher is not None and args.distill == "logits":  # w T^2 KL(teacher_T || student_T) + (1 - w) CE
+                        with torch.no_grad():
+                            teacher_logits, _ = teacher(inputs)  # (B, T, V)
+                        loss = args.kd_weight * kd_loss(logits, teacher_logits, targets, args.kd_temperature) \
+                            + (1 - args.kd_weight) * loss
                 (loss * scale).backward()
             loss_sum += loss.item() * scale / distributed.world_size()
         batch_loss, batch_tokens, stops = distributed.all_reduce_sum(
@@ -467,7 +538,7 @@ def main():
             save(step)
     save(step)
     distributed.teardown()  # the ranks part here: rank 0 evaluates alone
-    train_seconds = time.time() - t_start
+    train_seconds = time.time() - t_start + teacher_seconds  # a student of the teacher's traces pays for them too
     if interrupted:
         if distributed.is_main():
             print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume", file=sys.stderr)
@@ -482,7 +553,8 @@ def main():
     thinking = evaluate_thinking(averaged, tokenizer, final_attempts["countdown"], args,
                                  init_model.to(device) if init is not None and not args.chat else None)
     chat_summary = evaluate_chat(averaged, tokenizer, chat_eval) if args.chat else None
-    metrics.log(step=step, final=True, **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
+    metrics.log(step=step, final=True, train_seconds=train_seconds,
+                **{f"{task}_acc": acc["all"] for task, acc in accuracy.items()})
     print(f"final greedy accuracy on {args.eval_problems} held-out problems per task ({time.time() - t_eval:.0f}s):")
     rows = []
     for task, acc in accuracy.items():
@@ -527,7 +599,7 @@ def main():
                                          [row["accuracy"]["all"] for row in rows])
                                   for name, rows in thinking["budget_sweep"].items()}})
     plot_panels(os.path.join(args.out, f"{stage}.png"), panels,
-                title=f"{'fine-tuning' if init is not None else 'pre-training'} ({args.preset}, "
+                title=f"{'fine-tuning' if init is not None else 'distillation' if teacher else 'pre-training'} ({args.preset}, "
                       f"{model.num_params() / 1e6:.2f}M params)")
     example_text = "\n\n".join(f"{ex.problem.task}: {ex.problem.text}\n{ex.completion}\n-> {'correct' if ex.verdict.is_correct else ex.verdict.reason}"
                                for ex in examples_shown.values())
@@ -539,8 +611,12 @@ def main():
     sweep_rows = [[name] + [f"{row['accuracy']['all']:.1%} ({row['mean_thinking_tokens']:.0f})" for row in rows]
                   for name, rows in thinking.get("budget_sweep", {}).items()]
     write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), stage, "\n".join([
-        f"## {'Fine-tuning from ' + args.init if init is not None else 'Pre-training'} ({args.preset}, {stage})", "",
-        f"{model.num_params() / 1e6:.2f}M parameters, {args.steps} steps of {args.batch_size} traces, "
+        f"## {'Fine-tuning from ' + args.init if init is not None else 'Distillation from ' + args.teacher if teacher else 'Pre-training'} ({args.preset}, {stage})", "",
+        f"{model.num_params() / 1e6:.2f}M parameters"
+        + (f" (the teacher's {teacher.num_params() / 1e6:.2f}M / {teacher.num_params() / model.num_params():.2f}; "
+           + {"traces": "its verified solutions", "none": "nothing else from it, the exact traces alone",
+              "logits": f"its soft targets at T = {args.kd_temperature}, weight {args.kd_weight}"}[args.distill] + ")"
+           if teacher else "") + f", {args.steps} steps of {args.batch_size} traces, "
         f"{train_seconds / 60:.1f} min on {device}, {args.granularity} traces ({kinds})"
         + (f", weights averaged over about the last {round(1 / (1 - args.ema))} steps (--ema {args.ema})" if args.ema > 0 else "")
         + f". Greedy accuracy on {args.eval_problems} held-out problems per task:", "",

@@ -502,7 +502,8 @@ def main():
     print_eval("after ", eval_after, args)
     print(f"(evaluation {time.time() - t_eval:.0f}s)")
     write_json(os.path.join(args.out, "eval.json"), {"before": state["eval_before"], "after": eval_after,
-                                                     "pass_k": args.pass_k, "pass_k_problems": args.pass_k_problems})
+                                                     "pass_k": args.pass_k, "pass_k_problems": args.pass_k_problems,
+                                                     "train_seconds": train_seconds})
 
     # plots, against samples drawn so that rounds of EI and steps of GRPO share one axis
     logged = metrics.read()

@@ -87,3 +87,16 @@ def batches(examples, batch_size, seed, bucket_batches=4):
             rng.shuffle(chunk_batches)
             for batch in chunk_batches:
                 yield [examples[i] for i in batch]
+
+
+def replay_batches(examples, replay, batch_size, replay_share, seed, bucket_batches=4):
+    """An endless stream of batches of which round(batch_size * replay_share) examples come from `replay` (the
+    original traces, against forgetting) and the rest from `examples` (the new task), each part length-bucketed on its
+    own; reproducible from seed. Replay ("experience replay" against catastrophic forgetting: keep training on a share
+    of the old distribution) is the cheapest guard there is: it costs only that share of each batch."""
+    assert 0 <= replay_share <= 1
+    n_replay = round(batch_size * replay_share)
+    new_stream = batches(examples, batch_size - n_replay, seed, bucket_batches) if n_replay < batch_size else None
+    replay_stream = batches(replay, n_replay, seed + 1, bucket_batches) if n_replay > 0 else None
+    while True:
+        yield (next(replay_stream) if replay_stream else []) + (next(new_stream) if new_stream else [])

@@ -70,3 +70,12 @@ def held_out_problems(n, seed):
     """The held-out evaluation problems (seeded apart from training), per task; every stage measures on these."""
     return {task: tasks.generate(task, n, seed=seed + 10_000 + i, difficulties=EVAL_DIFFICULTIES[task])
             for i, task in enumerate(tasks.TASKS)}
+
+
+SHIFTED_OPERANDS = (100, 999)     # domain adaptation's new domain: arith with three-digit operands, never trained on
+SHIFTED_DIFFICULTIES = (1, 2, 3)  # and 1-3 operations
+
+
+def held_out_shifted(n, seed, operands=SHIFTED_OPERANDS):
+    """The held-out arith problems of the shifted domain (seeded apart from training and from held_out_problems)."""
+    return tasks.arith.generate(n, seed + 30_000, SHIFTED_DIFFICULTIES, operands)

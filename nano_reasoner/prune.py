@@ -44,9 +44,9 @@ before any unit is removed; recovery is full fine-tuning at a constant learning 
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from nano_reasoner.data import collate
+from nano_reasoner.distill import kd_loss
 from nano_reasoner.model import GPT
 
 
@@ -170,13 +170,9 @@ def prune_structured(model, fraction, importance):
 # recovery
 
 def distillation_loss(student_logits, teacher_logits, targets):
-    """Mean over the positions with a target (!= -1) of KL(teacher || student) over the vocabulary; logits (B, T, V)."""
-    teacher_logprobs = F.log_softmax(teacher_logits.float(), dim=-1)
-    student_logprobs = F.log_softmax(student_logits.float(), dim=-1)
-    # KL(p || q) = sum_v p_v (log p_v - log q_v), per position
-    kl = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(dim=-1)  # (B, T)
-    is_scored = (targets != -1).float()
-    return (kl * is_scored).sum() / is_scored.sum().clamp(min=1)
+    """Mean over the positions with a target (!= -1) of KL(teacher || student) over the vocabulary; logits (B, T, V):
+    distill.kd_loss at temperature 1."""
+    return kd_loss(student_logits, teacher_logits, targets, temperature=1.0)
 
 
 def recover(student, teacher, batch_list, pad_id, lr, masks=None, grad_clip=1.0, on_step=None):

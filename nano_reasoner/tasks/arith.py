@@ -52,12 +52,13 @@ MAX_INTERMEDIATE = 9999
 
 # ----------------------------------------------------------------------------- problems
 
-def random_tree(n_ops, rng):
-    """A random expression tree with n_ops operations over operands 0..MAX_OPERAND (its shape uniform at each split)."""
+def random_tree(n_ops, rng, operands=(0, MAX_OPERAND)):
+    """A random expression tree with n_ops operations over operands in the inclusive range `operands` (its shape
+    uniform at each split)."""
     if n_ops == 0:
-        return ("num", rng.randint(0, MAX_OPERAND))
+        return ("num", rng.randint(*operands))
     n_left = rng.randint(0, n_ops - 1)
-    return (rng.choice("+-*"), random_tree(n_left, rng), random_tree(n_ops - 1 - n_left, rng))
+    return (rng.choice("+-*"), random_tree(n_left, rng, operands), random_tree(n_ops - 1 - n_left, rng, operands))
 
 
 def _reductions(tree):
@@ -72,13 +73,24 @@ def _reductions(tree):
     return reductions
 
 
-def generate(n, seed, difficulties=DIFFICULTIES):
-    """n problems, difficulties drawn uniformly from `difficulties`, reproducible from seed."""
+def generate(n, seed, difficulties=DIFFICULTIES, operands=None):
+    """n problems, reproducible from seed. Default operands (0..MAX_OPERAND): each problem's difficulty is drawn
+    uniformly from `difficulties` and a problem whose intermediate values leave the bound is drawn again from the
+    start, which makes the long problems a little rarer. operands=(low, high): numbers in that inclusive range, the
+    difficulties taken in turn and a problem redrawn at the same difficulty until it fits, so that every difficulty has
+    its share; (100, 999) is the shifted domain of domain adaptation (nano_reasoner/lora.py), where the 4-digit bound
+    leaves a product only where one side is a small difference (1% of the problems)."""
     rng = random.Random(seed)
     problems = []
     while len(problems) < n:
-        n_ops = rng.choice(difficulties)
-        text = expr.to_text(random_tree(n_ops, rng))
+        if operands is None:
+            n_ops = rng.choice(difficulties)
+            text = expr.to_text(random_tree(n_ops, rng))
+        else:
+            n_ops = difficulties[len(problems) % len(difficulties)]
+            text = expr.to_text(random_tree(n_ops, rng, operands))
+            while not within_bounds(expr.parse(text)):
+                text = expr.to_text(random_tree(n_ops, rng, operands))
         tree = expr.parse(text)  # the tree the text means, which is the one every step reduces
         if within_bounds(tree):
             problems.append(Problem(TASK, text, n_ops))
