@@ -45,12 +45,14 @@ def kd_loss(student_logits, teacher_logits, targets, temperature=1.0):
     assert student_logits.shape == teacher_logits.shape, \
         f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} logits differ: one tokenizer?"
     assert targets.shape == student_logits.shape[:2]
+    # BEGIN SOLUTION part 16
     teacher_logprobs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # log p_T^teacher, (B, T, V)
     student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # log p_T^student, (B, T, V)
     # KL(p || q) = sum_v p_v (log p_v - log q_v), per position
     kl = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(dim=-1)  # (B, T)
     is_scored = (targets != -1).float()
     return temperature ** 2 * (kl * is_scored).sum() / is_scored.sum().clamp(min=1)
+    # END SOLUTION
 
 
 def teacher_examples(teacher, tokenizer, problems, seed=0, temperature=0.0, max_new_tokens=None):

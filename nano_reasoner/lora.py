@@ -48,11 +48,15 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         # h = W x + (alpha / r) B A x, without ever forming B A
+        # BEGIN SOLUTION part 17
         return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
+        # END SOLUTION
 
     def merged_weight(self):
         """W' = W + (alpha / r) B A, (d_out, d_in)."""
+        # BEGIN SOLUTION part 17
         return self.base.weight + self.scale * self.lora_B @ self.lora_A
+        # END SOLUTION
 
 
 def add_lora(model, rank, alpha, targets=TARGETS, seed=0):
