@@ -167,18 +167,20 @@ def main():
     curve_problems = {domain: held_out[domain][:100] for domain in ("new", "arith")}
     new = new_domain_problems(args.train_problems, args.operand_range, args.seed, held_out["new"])
     trace_kinds = {"arith": "straight", "countdown": args.countdown_traces}
+    block_size = model.config.block_size
     try:
         new_examples = make_examples(tokenizer, new, tasks.DEFAULT_GRANULARITY, trace_kinds, countdown_products="digits")
+        new_examples = [ex for ex in new_examples if len(ex.tokens) <= block_size]
+        if len(new_examples) < args.batch_size:  # the batch stream would wait forever for a first full batch
+            raise UserError(f"only {len(new_examples)} new-domain traces fit in {args.init}'s context of {block_size} "
+                            f"tokens, fewer than one batch of {args.batch_size}: raise --train-problems or lower "
+                            f"--batch-size")
+        # the replay traces only after that check: a bad flag is refused before the longer work
         replay = make_examples(tokenizer, replay_problems(2000, args.seed, original), tasks.DEFAULT_GRANULARITY,
                                trace_kinds, countdown_products="digits") if args.method == "replay" else []
     except ValueError as error:
         raise UserError(f"{args.init}'s tokenizer cannot encode the traces ({error}): adapt a policy of this project") from None
-    block_size = model.config.block_size
-    new_examples = [ex for ex in new_examples if len(ex.tokens) <= block_size]
     replay = [ex for ex in replay if len(ex.tokens) <= block_size]
-    if len(new_examples) < args.batch_size:  # the batch stream would wait forever for a first full batch
-        raise UserError(f"only {len(new_examples)} new-domain traces fit in {args.init}'s context of {block_size} "
-                        f"tokens, fewer than one batch of {args.batch_size}: raise --train-problems or lower --batch-size")
     print(f"data: {len(new)} new problems ({sum(len(ex.tokens) for ex in new_examples) / len(new_examples):.0f} tokens "
           f"on average), {len(replay)} original traces to replay, {time.time() - t_data:.1f}s")
 
