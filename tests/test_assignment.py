@@ -4,6 +4,7 @@ the repository still compiles, and the maker refuses bad input in one line. The 
 fails exactly on its graded tests) runs the suite twice, so CI runs it as its own step: `python -m assignment.make
 --out DIR --check` in .ci/run.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def test_regions_are_found_with_their_part_lines_and_indentation():
     assert [(r.part, r.begin, r.end, r.indent) for r in regions] == [(2, 3, 6, "    "), (5, 12, 14, "        ")]
 
 
-def test_stub_replaces_each_region_by_one_raise_at_its_indentation():
+def test_stub_replaces_each_region_by_one_raise_at_its_indentation(tmp_path):
     stubbed = make.stub_text(SOURCE, make.find_regions("toy.py", SOURCE), {2: "two", 5: "five"})
     assert stubbed == '''def f(x):
     """Doc."""
@@ -49,10 +50,12 @@ class A:
     def g(self):
         raise NotImplementedError('part 5: five (ASSIGNMENT.md)')
 '''
-    namespace = {}
-    exec(compile(stubbed, "toy.py", "exec"), namespace)
+    (tmp_path / "toy_stubbed.py").write_text(stubbed)
+    spec = importlib.util.spec_from_file_location("toy_stubbed", tmp_path / "toy_stubbed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the stub imports: its holes raise only when called
     with pytest.raises(NotImplementedError, match="part 2: two"):
-        namespace["f"](1)
+        module.f(1)
 
 
 def test_probe_calls_first_and_keeps_the_solution():

@@ -215,7 +215,7 @@ def two_ranks(tokenizer_path, tmp_path_factory):
     worker = WORKER.format(tests=TESTS, tokenizer=tokenizer_path, out=str(work))
     for returncode, _, stderr in launch([sys.executable, "-c", worker], cwd=work):
         assert returncode == 0, stderr
-    return tokenizer, torch.load(work / "rank0.pt"), torch.load(work / "rank1.pt")
+    return tokenizer, torch.load(work / "rank0.pt", weights_only=True), torch.load(work / "rank1.pt", weights_only=True)
 
 
 def max_difference(a, b):
