@@ -14,7 +14,9 @@ evaluations. Two facts make it cheap:
 `generate` does it in five numbered stages, which the loop below follows:
 
     (1) prefill   the B prompts, left-padded to one length; a padding mask hides pad tokens and each row's RoPE
-                  positions start at 0 at its first real token, so padding changes no number.
+                  positions start at 0 at its first real token, so padding changes no number. A prompt whose start
+                  a search already pushed through the model comes with that KV (prefix_kv, prefix_cache.py): it is
+                  copied into the row's slots and only the rest is prefilled.
     (2) fork      each prompt's cache row into num_samples rows (repeat_interleave), so a prompt's prefix is
                   computed once however many samples are drawn from it. Rows are prompt-major.
     (3) sample    the next token per row: temperature, then top-k, then top-p (nucleus) filtering
@@ -293,7 +295,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
 
 def _take_kv(cache, cache_rows, active_rows, kv_first_slot, lengths, P, row_kv):
     """Copy out the KV of cache rows `cache_rows` (their output rows: active_rows[cache_rows]) from their first new
-    slot to their last token fed back: generated token t sits in slot P + t and the last one is never fed."""
+    slot to their last token fed back: generated token t sits in slot P + t and the last one is never fed. A loop over
+    rows, but outside the decode loop: it runs when rows retire (a quarter of the cache at a time) and at the end."""
     for cache_row in cache_rows.tolist():
         out_row = int(active_rows[cache_row])
         first, end = int(kv_first_slot[cache_row]), P + int(lengths[out_row]) - 1
