@@ -28,7 +28,8 @@ import torch
 
 from nano_reasoner import lora, tasks
 from nano_reasoner.checkpoint import save_checkpoint
-from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, pick_device, run_main
+from nano_reasoner.cli import (UserError, autocast, cosine_lr, fill_from_preset,
+                               load_policy, make_run_folder, pick_device, run_main)
 from nano_reasoner.data import batches, collate, decision_weights, make_examples, replay_batches
 from nano_reasoner.evaluate import (EVAL_DIFFICULTIES, SHIFTED_DIFFICULTIES, greedy_accuracy, held_out_problems,
                                     held_out_shifted)
@@ -89,9 +90,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = parser.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_from_preset(args, PRESETS[args.preset])
     for key in ("steps", "batch_size", "train_problems", "eval_problems", "eval_every", "log_every", "lora_rank"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive number")
@@ -152,12 +151,7 @@ def main():
     args = parse_args()
     device = pick_device(args.device, args.threads)
     torch.manual_seed(args.seed)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a file: give a folder for the run")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create --out {args.out} ({error.strerror}): choose another folder") from None
+    make_run_folder(args.out)
     model, tokenizer, init = load_policy(args.init, device, for_training=True)
 
     # data: the held-out problems first, so training never sees them

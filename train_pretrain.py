@@ -52,7 +52,8 @@ import torch
 
 from nano_reasoner import chat, distributed, tasks
 from nano_reasoner.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, CheckpointError
-from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
+from nano_reasoner.cli import (UserError, autocast, cosine_lr, load_policy,
+                               make_run_folder, parse_range, pick_device, run_main)
 from nano_reasoner.data import batches, collate, decision_weights, make_examples
 from nano_reasoner.distill import kd_loss, teacher_examples
 from nano_reasoner.evaluate import EVAL_DIFFICULTIES, greedy_accuracy, held_out_problems
@@ -336,12 +337,7 @@ def main():
     # under torchrun: join the other ranks (rank r drives GPU r, or shares the CPU cores); alone: nothing changes
     device = distributed.setup(pick_device(args.device, args.threads or distributed.threads_per_rank()))
     torch.manual_seed(args.seed)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a file: give a folder for the run")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create --out {args.out} ({error.strerror}): choose another folder") from None
+    make_run_folder(args.out)
     ckpt_path = os.path.join(args.out, "ckpt.pt")
     if os.path.exists(ckpt_path) and not args.resume:
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")

@@ -37,7 +37,7 @@ import torch
 from nano_reasoner import prm, tasks
 from nano_reasoner.checkpoint import (CheckpointError, atomic_write, capture_rng_state, load_checkpoint,
                                       restore_rng_state, save_checkpoint)
-from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, pick_device, run_main
+from nano_reasoner.cli import UserError, autocast, cosine_lr, fill_from_preset, load_policy, pick_device, run_main
 from nano_reasoner.evaluate import attempt_problems
 from nano_reasoner.model import configure_optimizer
 from nano_reasoner.report import (MetricsLogger, format_duration, markdown_table, plot_panels, progress_line,
@@ -101,9 +101,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = parser.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_from_preset(args, PRESETS[args.preset])
     for key in ("train_problems", "samples_per_problem", "mc_k", "steps", "batch_size", "eval_problems", "max_n",
                 "auroc_samples", "agreement_problems", "log_every", "save_every"):
         if getattr(args, key) <= 0:

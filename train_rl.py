@@ -32,7 +32,8 @@ import torch
 
 from nano_reasoner import distributed, tasks
 from nano_reasoner.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from nano_reasoner.cli import UserError, autocast, cosine_lr, load_policy, parse_range, pick_device, run_main
+from nano_reasoner.cli import (UserError, autocast, cosine_lr, fill_from_preset,
+                               load_policy, parse_range, pick_device, run_main)
 from nano_reasoner.evaluate import accuracy_by_difficulty, attempt_problems
 from nano_reasoner.expert_iteration import EIConfig, ei_round, replay_examples
 from nano_reasoner.grpo import LOSS_NORMS, GRPOConfig, exact_step_rewards, grpo_step, is_reward_hack
@@ -128,9 +129,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: all cores, shared "
                         "out among the processes torchrun starts)")
     args = parser.parse_args(argv)
-    for key, value in PRESETS[args.preset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_from_preset(args, PRESETS[args.preset])
     args.init = args.init or os.path.join("runs", args.preset, "reason", "ckpt.pt")
     args.out = args.out or os.path.join("runs", args.preset, "rl")
     for key in ("steps", "prompts_per_step", "group_size", "inner_updates", "max_new_tokens", "eval_problems",

@@ -146,3 +146,21 @@ def cosine_lr(step, total_steps, peak_lr, warmup_steps, min_lr_frac=0.1):
         return peak_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return peak_lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def fill_from_preset(args, preset):
+    """Every flag left unset (None) takes the preset's value: a flag given on the command line wins."""
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def make_run_folder(path):
+    """--out as a folder, created if missing; a file in its place, or a folder that cannot be made, is a UserError."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--out {path} is a file: give a folder for the run")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create --out {path} ({error.strerror}): choose another folder") from None
