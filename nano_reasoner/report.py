@@ -22,6 +22,7 @@ import os
 import re
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from nano_reasoner.checkpoint import atomic_write
 
@@ -149,6 +150,7 @@ def _draw_panel(axes, panel):
     axes.set_ylabel(panel["ylabel"])
     if panel.get("logx"):
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())  # on a narrow range matplotlib labels minor ticks, overlapping
     if panel.get("logy"):
         axes.set_yscale("log")
     axes.grid(alpha=0.3)

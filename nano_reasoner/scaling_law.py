@@ -25,7 +25,9 @@ parameters is the experiment (benchmarks/pretrain_scaling.py); this file holds t
 - `fit_loss_vs_compute`: L(C) = E + a * C^b, the irreducible E chosen by a scan that maximises the fit of the rest;
 - `fit_chinchilla`: the surface L(N, D) by minimising the Huber loss of log predictions (Chinchilla's approach 3),
   from a grid of starting points, with L-BFGS in torch;
-- `iso_flop_minimum`: a parabola in log N through one budget's runs, and its bottom.
+- `iso_flop_minimum`: a parabola in log N through one budget's best run and its two neighbours, and its bottom;
+- `break_even_problems`: Snell et al.'s exchange (arXiv 2408.03314, section 7) in totals: a small model that spends
+  more FLOPs per answer at test time and a larger one that spent more in pre-training cost the same after Q answers.
 """
 import math
 from dataclasses import dataclass
@@ -154,14 +156,28 @@ def _huber_objective(theta, log_n, log_d, log_l, delta):
 
 
 def iso_flop_minimum(params, loss):
-    """One budget's runs: fit L = p (log N)^2 + q log N + r and return the N at its bottom (None when the curve is no
-    valley: then the best size lies outside the sizes tried)."""
+    """One budget's runs (sizes in increasing order): the N at the bottom of its valley, from the parabola in log N
+    through the best run and its two neighbours; None when the best run is the smallest or the largest size (the
+    bottom lies outside the sizes tried). Only the neighbours: far from the bottom the curve is no parabola (a size
+    far too large for its budget takes so few steps that its loss rises steeply), and a parabola through every run
+    would put its bottom where the far runs pull it."""
     assert len(params) == len(loss) >= 3, "a valley needs three sizes at least"
-    x = torch.tensor([math.log(v) for v in params], dtype=torch.float64)
-    design = torch.stack([x ** 2, x, torch.ones_like(x)], dim=1)          # (S, 3)
-    target = torch.tensor(loss, dtype=torch.float64)[:, None]             # (S, 1)
-    p, q, _ = torch.linalg.lstsq(design, target).solution[:, 0].tolist()
-    if p <= 0:
+    assert list(params) == sorted(params), "give the runs in increasing size"
+    best = min(range(len(loss)), key=lambda i: loss[i])
+    if best in (0, len(loss) - 1):
         return None
-    bottom = -q / (2 * p)
-    return math.exp(bottom) if min(x).item() <= bottom <= max(x).item() else None
+    x = torch.tensor([math.log(v) for v in params[best - 1:best + 2]], dtype=torch.float64)   # (3,)
+    design = torch.stack([x ** 2, x, torch.ones_like(x)], dim=1)                               # (3, 3)
+    target = torch.tensor(loss[best - 1:best + 2], dtype=torch.float64)[:, None]               # (3, 1)
+    p, q, _ = torch.linalg.solve(design, target)[:, 0].tolist()
+    return math.exp(-q / (2 * p)) if p > 0 else None  # p = 0 only when the three lie on a line (a tie)
+
+def break_even_problems(small_pretrain, small_per_problem, large_pretrain, large_per_problem):
+    """Up to how many answered problems Q the small model costs fewer FLOPs in all than the larger one,
+    small_pretrain + Q * small_per_problem <= large_pretrain + Q * large_per_problem; math.inf when it is cheaper
+    to answer with too. The small model is the one that spent less in pre-training."""
+    assert small_pretrain <= large_pretrain, "the small model is the one with the smaller pre-training cost"
+    extra_per_problem = small_per_problem - large_per_problem
+    if extra_per_problem <= 0:
+        return math.inf
+    return (large_pretrain - small_pretrain) / extra_per_problem

@@ -61,3 +61,21 @@ def test_iso_flop_minimum_is_the_bottom_of_the_valley():
     assert scaling_law.iso_flop_minimum(params, loss) == pytest.approx(8e5, rel=1e-6)
     # a loss that only falls with size has no valley: the best size is beyond the sizes tried
     assert scaling_law.iso_flop_minimum(params, [2.0 - 0.1 * math.log(n) for n in params]) is None
+
+
+def test_iso_flop_minimum_reads_the_valley_near_its_best_run():
+    # a valley at 8e5 whose largest size is far off it (too few steps): only the best run and its neighbours count
+    params = [1e5, 3e5, 1e6, 3e6, 1e7]
+    loss = [0.2 * (math.log(n) - math.log(8e5)) ** 2 + 1.0 for n in params[:4]] + [50.0]
+    assert scaling_law.iso_flop_minimum(params, loss) == pytest.approx(8e5, rel=1e-6)
+    # the best run at the edge of the grid: no bottom inside it
+    assert scaling_law.iso_flop_minimum(params, [1.0, 1.1, 1.3, 1.6, 2.0]) is None
+
+
+def test_break_even_problems_by_hand():
+    # small: 1e13 to train, 3e6 a problem; large: 5e13 to train, 1e6 a problem -> equal after 4e13 / 2e6 = 2e7
+    assert scaling_law.break_even_problems(1e13, 3e6, 5e13, 1e6) == pytest.approx(2e7)
+    totals = [(1e13 + q * 3e6, 5e13 + q * 1e6) for q in (1.9e7, 2.1e7)]
+    assert totals[0][0] < totals[0][1] and totals[1][0] > totals[1][1]
+    # cheaper to answer with too: cheaper at any number of problems
+    assert scaling_law.break_even_problems(1e13, 1e6, 5e13, 1e6) == math.inf
