@@ -66,7 +66,7 @@ from nano_reasoner.compute import Compute, sample_tokens
 from nano_reasoner.prefix_cache import concat, path_kv
 from nano_reasoner.prm import aggregate
 from nano_reasoner.sampling import generate
-from nano_reasoner.search import MAX_LENGTH_FACTOR, MAX_ROWS_PER_CALL, Answer, encode_prompts
+from nano_reasoner.search import MAX_ROWS_PER_CALL, Answer, encode_prompts
 
 SATURATED_MASS = 0.95  # a node whose children hold this much of pi( . | s) is not widened again
 
@@ -225,9 +225,7 @@ def expand(selections, policy, tokenizer, verifier, *, rollouts_per_expansion, m
     k = rollouts_per_expansion
     prefixes = [tree.prompt + path[-1].tokens for tree, path in selections]
     cached = [cached_prefix(tree, path) for tree, path in selections]
-    longest_solution = max(MAX_LENGTH_FACTOR * sample_tokens(tokenizer, tree.problem.task, tree.problem.difficulty)
-                           for tree, _ in selections)
-    room = min(policy.config.block_size - max(len(prefix) for prefix in prefixes), longest_solution)
+    room = policy.config.block_size - max(len(prefix) for prefix in prefixes)  # a rollout may use the context
     rows, row_logprobs, row_kv, prefilled = [], [], [], []
     per_call = max(1, MAX_ROWS_PER_CALL // k)
     for start in range(0, len(prefixes), per_call):

@@ -31,8 +31,11 @@ Majority vote needs answers that agree when they are right. On `arith` every rig
 text with spaces removed (the policy writes the same expression for the same path, so repeated paths still add up),
 and say plainly that it is a weak strategy there: the verifier-based strategies do not have this problem.
 
-Full samples stop after MAX_LENGTH_FACTOR times the tokens of a typical solution (compute.sample_tokens): a trace that
-long has lost its way, and letting it run to the context's end would cost more than the whole search.
+Full samples may use the whole context, as a greedy answer may. They once stopped at 3x the tokens of a typical
+straight solution (compute.sample_tokens), on the idea that a trace that long had lost its way; for a policy that
+searches inside its thinking that cut most samples off mid-search: the reasoner's countdown pass@16 was 47.2% capped
+and 64.8% uncapped (500 held-out problems, temperature 1), below and then above its greedy 51.4%. A row that
+rambles costs its tokens, and compute.py counts them.
 
 Simplifications compared with the papers: beam search dedupes identical prefixes before keeping the best M (a
 duplicate beam spends budget on the same state twice); a candidate step that runs past `max_step_tokens` without
@@ -48,14 +51,13 @@ from functools import partial
 from typing import Callable
 
 from nano_reasoner import prm, tasks
-from nano_reasoner.compute import Compute, sample_tokens
+from nano_reasoner.compute import Compute
 from nano_reasoner.prefix_cache import concat
 from nano_reasoner.prm import aggregate
 from nano_reasoner.sampling import generate
 
 STRATEGIES = ("greedy", "sample", "vote", "bon", "wvote", "check", "beam", "mcts")
 MAX_ROWS_PER_CALL = 256  # rows of one sampler call: bounds the KV cache's memory
-MAX_LENGTH_FACTOR = 3    # full samples stop at this many times the tokens of a typical solution
 
 
 @dataclass
@@ -150,14 +152,10 @@ class Pool:
 def sample_pool(policy, tokenizer, problems, num_samples, *, temperature=1.0, seed=0, verifier=None, budget=None,
                 max_new_tokens=None):
     """Sample num_samples full solutions per problem (one prefill per problem) and score them if a verifier is given.
-    budget: budget forcing (sampling.ThinkingBudget); max_new_tokens: the cap on a sample (default: below)."""
+    budget: budget forcing (sampling.ThinkingBudget); max_new_tokens: the cap on a sample (default: the context)."""
     prompts = encode_prompts(tokenizer, problems)
     room = policy.config.block_size - max(len(p) for p in prompts)
-    if max_new_tokens is None:
-        # a sample MAX_LENGTH_FACTOR times longer than a typical solution is lost anyway: stop it there
-        typical = max(sample_tokens(tokenizer, problem.task, problem.difficulty) for problem in problems)
-        max_new_tokens = MAX_LENGTH_FACTOR * typical
-    max_new = min(room, max_new_tokens)
+    max_new = room if max_new_tokens is None else min(room, max_new_tokens)
     samples = sample_rows(policy, tokenizer, prompts, num_samples, max_new, temperature=temperature, seed=seed,
                           stop_ids=[tokenizer.eos_id], budget=budget).tokens
     pools = []

@@ -1,0 +1,103 @@
+"""The generative verifier (nano_reasoner/genrm.py): exact checks of hand-made answers, its training sequence, its
+score on a hand-made toy model, and a tiny verifier that learns to tell right answers from wrong ones."""
+import torch
+import torch.nn as nn
+
+from nano_reasoner import genrm, tasks
+from nano_reasoner.model import GPT, GPTConfig
+from nano_reasoner.prm import auroc
+from nano_reasoner.tasks.trace import flip_digits
+from nano_reasoner.tokenizer import Tokenizer, add_symbols, train_tokenizer
+
+PROBLEM = tasks.parse_problem("countdown", "18 16 15 -> 49")
+
+
+def test_a_right_answer_is_worked_out_as_arith():
+    check = genrm.answer_check(PROBLEM, "18+16+15")
+    # the arith trace of 18+16+15, ending on its value; digits units first, as in every trace's thinking
+    assert check == genrm.Check(["81+61=43;43+51", "43+51=94;94"], True, "")
+    # a product worked through single-digit products, as the policy writes it (`digits`)
+    problem = tasks.parse_problem("countdown", "21 17 3 -> 360")
+    assert genrm.answer_check(problem, "21*17+3").lines[0] == flip_digits(
+        "21*17=20*10+1*10+20*7+1*7=200+10+140+7=210+147=357;357+3")
+
+
+def test_wrong_answers_get_bad_verdicts_with_reasons():
+    wrong_value = genrm.answer_check(PROBLEM, "18+16-15")
+    assert wrong_value == genrm.Check(["81+61=43;43-51", "43-51=91;91"], False, "the answer makes 19, not 49")
+    # a number not given, one used twice, a difference that is not positive: worked out, then bad
+    for text in ("18+16+16", "18+18", "25+24", "15-18+16"):
+        check = genrm.answer_check(PROBLEM, text)
+        assert not check.is_good and check.lines and check.reason.startswith("a number that is not given")
+    # no operation, no expression, untrusted text: refused without a check, never raised
+    for text in ("49", "", "((", "18+16+15\n</think>", "eval('1')"):
+        check = genrm.answer_check(PROBLEM, text)
+        assert not check.is_good and check.lines == [] and check.reason
+
+
+def toy_tokenizer(tmp_path):
+    problems = tasks.generate("countdown", 200, seed=0, difficulties=(3,)) + tasks.generate("arith", 200, seed=0)
+    return train_tokenizer([tasks.full_trace(p, "digits", countdown_products="digits") for p in problems],
+                           str(tmp_path / "tok.model"))
+
+
+def test_the_training_sequence_is_prompt_check_verdict(tmp_path):
+    tokenizer = toy_tokenizer(tmp_path)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=160, n_layer=1, n_head=1, n_embd=16))
+    model, tokenizer = genrm.add_verdict_tokens(model, tokenizer)
+    assert model.config.vocab_size == tokenizer.vocab_size
+    example = genrm.training_example(tokenizer, PROBLEM, "18+16+15")
+    prompt = tokenizer.decode(example.tokens[:example.prompt_length])
+    assert prompt.endswith("countdown: 81 61 51 -> 94\narith: 81+61+51\n<think>\n")  # shown units first
+    completion = example.tokens[example.prompt_length:]
+    assert completion[-2:] == [tokenizer.symbol_id(genrm.GOOD), tokenizer.eos_id]
+    assert tokenizer.decode(completion[:-2]) == "81+61=43;43+51\n43+51=94;94\n"
+    bad = genrm.training_example(tokenizer, PROBLEM, "18+16-15")
+    assert bad.tokens[-2] == tokenizer.symbol_id(genrm.BAD)
+
+
+class ConstantVerdict(nn.Module):
+    """A toy verifier: at every position <good> has logit log 3 and <bad> logit 0 (everything else far below), so it
+    writes no check, and its score is 3 / (3 + 1) exactly."""
+
+    def __init__(self, vocab_size, good_id, bad_id):
+        super().__init__()
+        self.config = GPTConfig(vocab_size=vocab_size, block_size=160, n_layer=1, n_head=1, n_embd=2)
+        self.logits = torch.full((vocab_size,), -30.0)
+        self.logits[good_id], self.logits[bad_id] = torch.log(torch.tensor(3.0)), 0.0
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx, targets=None, *, positions=None, attn_mask=None, kv_cache=None, loss_mask=None):
+        B, T = idx.shape
+        if kv_cache is not None:
+            new = torch.zeros(B, 1, T, 1)
+            kv_cache.append(0, new, new)
+            kv_cache.advance(T)
+        return self.logits.expand(B, T, -1).clone(), None
+
+
+def test_score_is_the_verdicts_probability_on_a_toy(tmp_path):
+    tokenizer = toy_tokenizer(tmp_path)
+    tokenizer = Tokenizer(add_symbols(tokenizer.model_bytes, [genrm.GOOD, genrm.BAD]))
+    model = ConstantVerdict(tokenizer.vocab_size, tokenizer.symbol_id(genrm.GOOD), tokenizer.symbol_id(genrm.BAD))
+    scores = genrm.score(model, tokenizer, [PROBLEM] * 3, ["18+16+15", None, "18+16-15"])
+    assert abs(scores[0] - 0.75) < 1e-6 and abs(scores[2] - 0.75) < 1e-6
+    assert scores[1] == 0.0  # no well-formed answer: nothing to check
+
+
+def test_a_tiny_verifier_learns_to_tell_right_from_wrong(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = toy_tokenizer(tmp_path)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=160, n_layer=2, n_head=2, n_embd=64))
+    model, tokenizer = genrm.add_verdict_tokens(model, tokenizer)
+    problems = tasks.generate("countdown", 12, seed=3, difficulties=(3,))
+    candidates = []
+    for problem in problems:
+        right = tasks.trace(problem, "digits", "straight", countdown_products="digits")[1]
+        candidates += [(problem, right), (problem, right.replace("+", "-", 1) if "+" in right else right + "+1")]
+    examples = [genrm.training_example(tokenizer, p, a) for p, a in candidates]
+    genrm.train(model, tokenizer, examples, steps=400, batch_size=8, lr=3e-3, seed=0, log_every=1000)
+    scores = genrm.score(model, tokenizer, [p for p, _ in candidates], [a for _, a in candidates])
+    labels = [genrm.answer_check(p, a).is_good for p, a in candidates]
+    assert 0 < sum(labels) < len(labels)
+    assert auroc(scores, labels) >= 0.9
