@@ -85,9 +85,9 @@ def main():
     for problem in train_problems:
         pairs[(problem.text, tasks.trace(problem, "digits", "straight", countdown_products=products)[1])] = problem
     verifier, verifier_tokenizer = genrm.add_verdict_tokens(load_policy(args.policy, device)[0], tokenizer)
-    examples = [genrm.training_example(verifier_tokenizer, problem, answer, products)
+    examples = [genrm.training_example(verifier_tokenizer, problem, answer)
                 for (_, answer), problem in pairs.items()]
-    good_share = sum(genrm.answer_check(p, a, products).is_good for (_, a), p in pairs.items()) / len(pairs)
+    good_share = sum(genrm.answer_check(p, a).is_good for (_, a), p in pairs.items()) / len(pairs)
     print(f"training data: {len(examples)} candidates ({good_share:.0%} good), {time.time() - start:.0f}s", flush=True)
 
     # 2. the verifier
@@ -104,7 +104,7 @@ def main():
     distinct_scores = genrm.score(verifier, verifier_tokenizer, [pools[i].problem for i, _ in distinct],
                                   [answer for _, answer in distinct])
     by_answer = dict(zip(distinct, distinct_scores))
-    labels = [genrm.answer_check(pools[i].problem, answer, products).is_good for i, answer in distinct]
+    labels = [genrm.answer_check(pools[i].problem, answer).is_good for i, answer in distinct]
     calibration = {
         "candidates": len(distinct), "good": sum(labels),
         "verdict_accuracy": sum((s > 0.5) == y for s, y in zip(distinct_scores, labels)) / len(labels),

@@ -69,7 +69,7 @@ def as_arith(answer):
         return None
 
 
-def answer_check(problem, answer, products="digits"):
+def answer_check(problem, answer):
     """The exact check of a candidate's answer expression (text) for a countdown problem: the arith trace that works
     it out, and the verdict. Never raises; an answer that is no expression gets no check and a bad verdict."""
     numbers, target = countdown.parse_numbers(problem.text)
@@ -119,9 +119,9 @@ def verifier_prompt(tokenizer, problem, answer):
                                    tasks.format_prompt(as_arith(answer)))
 
 
-def training_example(tokenizer, problem, answer, products="digits"):
+def training_example(tokenizer, problem, answer):
     """The verifier's training sequence for one candidate: its prompt, then the exact check and verdict."""
-    check = answer_check(problem, answer, products)
+    check = answer_check(problem, answer)
     prompt = verifier_prompt(tokenizer, problem, answer)
     completion = tokenizer.encode("".join(line + "\n" for line in check.lines))
     completion += [tokenizer.symbol_id(GOOD if check.is_good else BAD), tokenizer.eos_id]
