@@ -144,9 +144,11 @@ def main():
             f"{args.policy}; the generative verifier fine-tuned {args.steps} steps on {len(examples)} candidates "
             f"of {args.train_problems} training problems; {seconds / 60:.1f} min.\n\n"
             + markdown_table([f"strategy (N = {args.samples})", "accuracy", "within-problem AUROC"], rows)
-            + f"\n\nThe generative verifier closes {gap_closed:.0%} of the gap from greedy "
-              f"({100 * greedy_accuracy:.1f}%) to pass@{args.samples} ({100 * pass_n:.1f}%), over "
-              f"{aurocs['generative verifier'][1]} problems with right and wrong samples.\n")
+            + (f"\n\nThe generative verifier closes {gap_closed:.0%} of the gap from greedy "
+               f"({100 * greedy_accuracy:.1f}%) to pass@{args.samples} ({100 * pass_n:.1f}%)"
+               if pass_n > greedy_accuracy else "\n\nNo gap from greedy to pass@N to close")
+            + f"; within-problem AUROC over {aurocs['generative verifier'][1]} problems with right and wrong "
+              f"samples.\n")
     write_json(os.path.join(args.out, "genrm.json"), {"curves": curves, "auroc": aurocs, "gap_closed": gap_closed,
                                                        "examples": len(examples), "calibration": calibration,
                                                        "seconds": seconds})
