@@ -135,7 +135,7 @@ def at_flops(curve, flops):
     return affordable[-1] if affordable else None
 
 
-def exchange_table(small, small_greedy, curves, large, levels):
+def exchange_table(small, curves, large, levels):
     """One row per level: the larger model's greedy answer against the small model's, greedy and with its best
     strategy at the larger model's inference FLOPs, and with its best strategy at any k."""
     rows = []
@@ -154,8 +154,8 @@ def exchange_table(small, small_greedy, curves, large, levels):
             if best_any is None or point["accuracy"] > best_any[2]["accuracy"]:
                 best_any = (strategy, k + 1, point)
         rows.append({"level": level, "large_accuracy": big["accuracy"], "large_flops": big["flops"],
-                     "small_greedy": small_greedy["levels"][level]["accuracy"],
-                     "small_greedy_flops": small_greedy["levels"][level]["flops"],
+                     "small_greedy": small["levels"][level]["accuracy"],
+                     "small_greedy_flops": small["levels"][level]["flops"],
                      "equal_strategy": best_equal[0], "equal_k": best_equal[1],
                      "equal_accuracy": best_equal[2]["accuracy"], "equal_flops": best_equal[2]["flops"],
                      "best_strategy": best_any[0], "best_k": best_any[1], "best_accuracy": best_any[2]["accuracy"],
@@ -242,7 +242,7 @@ def main():
     large = greedy_row("tiny preset", args.large, None, problems, levels, args.seed)
     curves = small_curves(small_path, problems, levels, args.temperatures, args.seed)
     print(f"small model's {SAMPLES} samples a problem: {time.time() - start:.0f}s", flush=True)
-    rows = exchange_table(small, small, curves, large, levels)
+    rows = exchange_table(small, curves, large, levels)
     seconds = time.time() - start
     text = report(rows, small, greedy_rows, large, seconds, args.problems)
     write_json(os.path.join(args.out, "exchange_rate.json"),
