@@ -171,11 +171,11 @@ def score(model, tokenizer, problems, answers, chunk_size=512):
             check = [t for t in result.row_tokens(row) if t not in (good_id, bad_id)]
             sequences.append(prompt + check)
         length = max(len(s) for s in sequences)
-        inputs = torch.full((len(sequences), length), tokenizer.pad_id, dtype=torch.long)  # right-padded
+        inputs = torch.full((len(sequences), length), tokenizer.pad_id, dtype=torch.long)  # (B, T), right-padded
         for row, sequence in enumerate(sequences):
             inputs[row, :len(sequence)] = torch.tensor(sequence)
         logits, _ = model(inputs.to(next(model.parameters()).device))                     # (B, T, V)
-        last = torch.tensor([len(s) - 1 for s in sequences])
+        last = torch.tensor([len(s) - 1 for s in sequences])                                # (B,) the check's end
         verdict = logits[torch.arange(len(sequences)), last][:, [good_id, bad_id]].float()  # (B, 2)
         for i, p_good in zip(chunk, torch.softmax(verdict, dim=-1)[:, 0].tolist()):
             scores[i] = p_good
