@@ -540,7 +540,7 @@ def main():
             print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume", file=sys.stderr)
         sys.exit(130)  # the shell's code for Ctrl-C, so a pipeline stops here instead of going on to the next stage
     if not distributed.is_main():
-        return  # rank 0 alone evaluates and reports
+        distributed.exit_worker()  # rank 0 alone evaluates and reports
 
     # final evaluation on the held-out problems
     t_eval = time.time()

@@ -491,7 +491,7 @@ def main():
         print(f"interrupted: saved {ckpt_path} at step {step}; continue with --resume")
         return
     if not distributed.is_main():
-        return
+        distributed.exit_worker()  # rank 0 alone evaluates and reports
     train_seconds = state["sample_s"] + state["update_s"]
 
     # after: the same held-out problems, the same way

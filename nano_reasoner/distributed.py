@@ -88,6 +88,17 @@ def teardown():
         dist.destroy_process_group()
 
 
+def exit_worker():
+    """A rank other than 0, after `teardown`, has nothing left to do: flush its streams and leave at once, with code 0,
+    skipping the interpreter's shutdown. That shutdown destroys the backend's C++ objects while rank 0 is still
+    running, and once in the CI (a two-rank train_rl.py run, 2026-12-07) a gloo thread aborted it there: SIGABRT,
+    "terminate called without an active exception", so a run whose work was all done exited -6. os._exit skips
+    atexit handlers and C++ static destructors alike; every file this rank wrote is already closed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def rank():
     """This process's rank, 0..N-1 (0 for a single process; still known after teardown, from torchrun's RANK)."""
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
