@@ -7,21 +7,23 @@ and ORM, best-of-N on the reasoner's own samples.
    check and verdict (genrm.training_example).
 2. The verifier: a copy of the reasoner with <good> and <bad> added, fine-tuned on those examples.
 3. Held-out: 500 countdown problems; greedy; 16 samples a problem at temperature 1; each distinct answer scored by
-   the verifier; best-of-N for N = 1..16 by the generative verifier, by the PRM and the ORM of the pipeline's
+   the verifier; best-of-N for N = 1..16 by the generative verifier, its weighted vote (P(good) summed per answer), by the PRM and the ORM of the pipeline's
    verifier stage (runs/tiny/prm), by majority vote, and `check` (the exact checker: pass@N); within-problem AUROC
    (right against wrong samples of the same problem) of every verifier.
 
     python -m benchmarks.genrm_countdown --out runs/genrm       # 13.7 minutes alone on 2 cores
 
-Writes DIR/genrm.json, DIR/genrm.md and DIR/genrm.png.
+Writes DIR/genrm.json, DIR/genrm.md, DIR/genrm.png and the verifier, DIR/genrm.pt (kind "genrm").
 """
 import argparse
 import os
 import time
+from dataclasses import asdict
 
 import torch
 
 from nano_reasoner import genrm, search, tasks
+from nano_reasoner.checkpoint import save_checkpoint
 from nano_reasoner.cli import load_policy
 from nano_reasoner.evaluate import held_out_problems
 from nano_reasoner.prm import aggregate, auroc
@@ -32,9 +34,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="runs/tiny/reason/ckpt.pt", help="the policy whose samples are judged")
     parser.add_argument("--prm", default="runs/tiny/prm", help="the verifier stage's folder (ckpt.pt, orm.pt)")
-    parser.add_argument("--train-problems", type=int, default=400)
+    parser.add_argument("--train-problems", type=int, default=1200)
     parser.add_argument("--train-samples", type=int, default=8, help="samples per training problem")
-    parser.add_argument("--steps", type=int, default=1500, help="fine-tuning steps of the verifier")
+    parser.add_argument("--steps", type=int, default=3000, help="fine-tuning steps of the verifier")
     parser.add_argument("--no-baselines", action="store_true", help="skip the PRM and ORM (their scoring is slow)")
     parser.add_argument("--problems", type=int, default=500, help="held-out countdown problems")
     parser.add_argument("--samples", type=int, default=16, help="N: samples per held-out problem")
@@ -60,6 +62,25 @@ def best_of_n(pools, scores, n):
     for pool, pool_scores in zip(pools, scores):
         chosen = max(range(n), key=lambda i: (pool_scores[i], -i))
         right += tasks.verify(pool.problem, pool.texts[chosen]).is_correct
+    return right / len(pools)
+
+
+def weighted_vote(pools, scores, n):
+    """Accuracy when each problem answers with the answer whose first-n samples have the largest summed score (the
+    verifier-weighted vote of Uesato et al., arXiv 2211.14275, and GenRM's "majority voting with the verifier"):
+    one confident false accept no longer wins alone against a right answer sampled several times."""
+    right = 0
+    for pool, pool_scores in zip(pools, scores):
+        totals, first = {}, {}
+        for i in range(n):
+            answer = genrm.candidate_answer(pool.texts[i])
+            if answer is None:
+                continue
+            totals[answer] = totals.get(answer, 0.0) + pool_scores[i]
+            first.setdefault(answer, i)
+        if totals:
+            chosen = first[max(totals, key=lambda answer: (totals[answer], -first[answer]))]
+            right += tasks.verify(pool.problem, pool.texts[chosen]).is_correct
     return right / len(pools)
 
 
@@ -93,6 +114,9 @@ def main():
     # 2. the verifier
     genrm.train(verifier, verifier_tokenizer, examples, steps=args.steps, seed=args.seed)
     print(f"trained: {time.time() - start:.0f}s", flush=True)
+    save_checkpoint(os.path.join(args.out, "genrm.pt"), kind="genrm", model_state=verifier.state_dict(),
+                    model_config=asdict(verifier.config), tokenizer_bytes=verifier_tokenizer.model_bytes,
+                    step=args.steps, args=vars(args))
 
     # 3. held-out: greedy, samples, scores
     greedy = search.greedy(policy, tokenizer, held_out, seed=args.seed)
@@ -129,12 +153,15 @@ def main():
 
     ns = list(range(1, args.samples + 1))
     curves = {name: [best_of_n(pools, s, n) for n in ns] for name, s in scores.items()}
+    curves["weighted vote (generative verifier)"] = [weighted_vote(pools, scores["generative verifier"], n)
+                                                      for n in ns]
     curves["majority vote"] = [sum(tasks.verify(p.problem, search.pick_from_pool(p, n, "vote").completion).is_correct
                                    for p in pools) / len(pools) for n in ns]
     curves["check (pass@N)"] = [best_of_n(pools, exact, n) for n in ns]
     curves["greedy"] = [greedy_accuracy] * len(ns)
     aurocs = {name: within_problem_auroc(pools, s) for name, s in scores.items()}
-    pass_n, best = curves["check (pass@N)"][-1], curves["generative verifier"][-1]
+    pass_n = curves["check (pass@N)"][-1]
+    best = max(curves["generative verifier"][-1], curves["weighted vote (generative verifier)"][-1])
     gap_closed = (best - greedy_accuracy) / (pass_n - greedy_accuracy) if pass_n > greedy_accuracy else float("nan")
     seconds = time.time() - start
 
@@ -144,7 +171,7 @@ def main():
             f"{args.policy}; the generative verifier fine-tuned {args.steps} steps on {len(examples)} candidates "
             f"of {args.train_problems} training problems; {seconds / 60:.1f} min.\n\n"
             + markdown_table([f"strategy (N = {args.samples})", "accuracy", "within-problem AUROC"], rows)
-            + (f"\n\nThe generative verifier closes {gap_closed:.0%} of the gap from greedy "
+            + (f"\n\nThe generative verifier's better pick closes {gap_closed:.0%} of the gap from greedy "
                f"({100 * greedy_accuracy:.1f}%) to pass@{args.samples} ({100 * pass_n:.1f}%)"
                if pass_n > greedy_accuracy else "\n\nNo gap from greedy to pass@N to close")
             + f"; within-problem AUROC over {aurocs['generative verifier'][1]} problems with right and wrong "

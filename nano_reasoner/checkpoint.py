@@ -41,7 +41,8 @@ CHECKPOINT_KEYS = ("kind", "format_version", "model_state", "model_config", "tok
                    "step", "args", "optimizer_state", "rng_state", "extra")
 FIELD_TYPES = {"kind": str, "format_version": int, "model_state": dict, "model_config": dict,
                "tokenizer_bytes": torch.Tensor, "tokenizer_sha256": str, "step": int}  # checked on load
-SCRIPT_THAT_WRITES = {"policy": "train_pretrain.py", "prm": "train_prm.py", "orm": "train_prm.py"}  # for messages
+SCRIPT_THAT_WRITES = {"policy": "train_pretrain.py", "prm": "train_prm.py", "orm": "train_prm.py",
+                      "genrm": "benchmarks/genrm_countdown.py"}  # for messages
 PLAIN_LEAF_TYPES = (str, int, float, bool, type(None))
 PLAIN_CONTAINER_TYPES = (dict, collections.OrderedDict, list, tuple)  # OrderedDict: what state_dict() returns
 
@@ -146,6 +147,17 @@ def save_checkpoint(path, *, kind, model_state, model_config, tokenizer_bytes, s
     }, indent=2) + "\n"
     atomic_write(path, lambda file: torch.save(checkpoint, file))
     atomic_write(path + ".json", lambda file: file.write(sidecar_text.encode("utf-8")))
+
+
+def sidecar_kind(path):
+    """The kind a checkpoint's sidecar (path.json) names, without reading the weights; None when there is no readable
+    sidecar (load_checkpoint then says what is wrong with the checkpoint itself)."""
+    try:
+        with open(path + ".json") as f:
+            kind = json.load(f).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def load_checkpoint(path, *, expected_kind=None, map_location="cpu"):

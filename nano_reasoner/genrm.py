@@ -42,11 +42,13 @@ from dataclasses import dataclass
 import torch
 
 from nano_reasoner import tasks
+from nano_reasoner.cli import UserError, load_policy
 from nano_reasoner.data import Example, batches, collate, decision_weights
 from nano_reasoner.model import grow_vocab
 from nano_reasoner.sampling import generate
 from nano_reasoner.tasks import arith, countdown, expr
-from nano_reasoner.tasks.trace import ProblemError, shown_problem
+from nano_reasoner.prm import scoring_positions
+from nano_reasoner.tasks.trace import ProblemError, flip_digits, shown_problem
 from nano_reasoner.tokenizer import add_symbols
 
 GOOD, BAD = "<good>", "<bad>"
@@ -180,6 +182,58 @@ def score(model, tokenizer, problems, answers, chunk_size=512):
         for i, p_good in zip(chunk, torch.softmax(verdict, dim=-1)[:, 0].tolist()):
             scores[i] = p_good
     return scores
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the verifier as search reads a PRM (search.Verifier): bon, wvote and MCTS with --verifier DIR/genrm.pt
+
+def load(path, device, policy_tokenizer):
+    """A generative verifier's checkpoint (kind "genrm") -> (model, tokenizer), or UserError. Its tokenizer must be
+    the policy's with <good> and <bad> added, so that it reads the policy's answers as the policy wrote them."""
+    model, tokenizer, _ = load_policy(path, device, expected_kind="genrm")
+    if not tokenizer.model_bytes.startswith(policy_tokenizer.model_bytes) or tokenizer.symbol_id(GOOD) is None:
+        raise UserError(f"{path} is a generative verifier of another policy: use one grown from this policy")
+    return model, tokenizer
+
+
+def problem_from_prompt(policy_tokenizer, prompt):
+    """The policy's prompt tokens -> the Problem it asks (tasks.format_prompt read backwards), or None."""
+    task, _, shown = policy_tokenizer.decode(prompt).split("\n", 1)[0].partition(": ")
+    try:
+        return tasks.parse_problem(task.strip(), flip_digits(shown.strip()))
+    except (ProblemError, KeyError, ValueError):
+        return None
+
+
+def step_scorer(model, tokenizer, policy_tokenizer):
+    """-> (score_steps, count_tokens) for search.Verifier. score_steps(prompts, completions), in the policy's
+    tokens -> for each completion, the verdict on its answer, P(good), at every scoring position (prm.scoring_positions:
+    step ends and eos), so that min, last and MCTS's node values all read the verdict; a completion with no answer yet
+    scores 0 throughout. Each distinct (problem, answer) of a call is checked once. count_tokens: what the verifier
+    reads and writes for them, counting the exact check's length for the one it writes."""
+    def answers_of(prompts, completions):
+        keys = []
+        for prompt, completion in zip(prompts, completions):
+            problem = problem_from_prompt(policy_tokenizer, prompt)
+            if problem is not None and problem.task != "countdown":
+                raise UserError(f"the generative verifier judges countdown answers only, not {problem.task}: "
+                                f"use the PRM (runs/tiny/prm/ckpt.pt) there")
+            answer = candidate_answer(policy_tokenizer.decode(completion)) if problem is not None else None
+            keys.append((problem, answer) if answer and as_arith(answer) is not None else None)
+        return keys
+
+    def score_steps(prompts, completions):
+        keys = answers_of(prompts, completions)
+        distinct = sorted({key for key in keys if key is not None}, key=lambda key: (key[0].text, key[1]))
+        verdicts = dict(zip(distinct, score(model, tokenizer, [p for p, _ in distinct], [a for _, a in distinct])))
+        return [[verdicts.get(key, 0.0)] * len(scoring_positions(policy_tokenizer, completion))
+                for key, completion in zip(keys, completions)]
+
+    def count_tokens(prompts, completions):
+        distinct = {key for key in answers_of(prompts, completions) if key is not None}
+        return sum(len(training_example(tokenizer, problem, answer).tokens) for problem, answer in distinct)
+
+    return score_steps, count_tokens
 
 
 def candidate_answer(completion):

@@ -50,7 +50,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable
 
-from nano_reasoner import prm, tasks
+from nano_reasoner import genrm, prm, tasks
+from nano_reasoner.checkpoint import sidecar_kind
 from nano_reasoner.compute import Compute
 from nano_reasoner.prefix_cache import concat
 from nano_reasoner.prm import aggregate
@@ -63,14 +64,19 @@ MAX_ROWS_PER_CALL = 256  # rows of one sampler call: bounds the KV cache's memor
 @dataclass
 class Verifier:
     """A PRM or ORM as search uses it: step scores of (prompt, completion) token lists, and what reading them costs."""
-    kind: str                                                                   # "prm" or "orm"
+    kind: str                                                                   # "prm", "orm" or "genrm"
     params: int
     score_steps: Callable[[list[list[int]], list[list[int]]], list[list[float]]]  # P(good) at every step end
     count_tokens: Callable[[list[list[int]], list[list[int]]], int]             # tokens one scoring call reads
 
 
 def load_verifier(path, device, policy_tokenizer):
-    """A verifier checkpoint (prm.py) -> Verifier; ValueError when it was trained with another tokenizer."""
+    """A verifier checkpoint -> Verifier: a PRM or ORM (prm.py), or a generative verifier (genrm.py, countdown only);
+    ValueError when it was trained with another tokenizer."""
+    if sidecar_kind(path) == "genrm":
+        model, tokenizer = genrm.load(path, device, policy_tokenizer)
+        score_steps, count_tokens = genrm.step_scorer(model, tokenizer, policy_tokenizer)
+        return Verifier(kind="genrm", params=model.num_params(), score_steps=score_steps, count_tokens=count_tokens)
     model, tokenizer, ckpt = prm.load_verifier(path, device)
     if tokenizer.sha256 != policy_tokenizer.sha256:
         raise ValueError(f"{path} was trained with another tokenizer than the policy: use a verifier of this policy")

@@ -1,9 +1,11 @@
 """The generative verifier (nano_reasoner/genrm.py): exact checks of hand-made answers, its training sequence, its
-score on a hand-made toy model, and a tiny verifier that learns to tell right answers from wrong ones."""
+score on a hand-made toy model, the same score as search reads it, and a tiny verifier that learns to tell right answers from wrong ones."""
+import pytest
 import torch
 import torch.nn as nn
 
 from nano_reasoner import genrm, tasks
+from nano_reasoner.cli import UserError
 from nano_reasoner.model import GPT, GPTConfig
 from nano_reasoner.prm import auroc
 from nano_reasoner.tasks.trace import flip_digits
@@ -101,3 +103,26 @@ def test_a_tiny_verifier_learns_to_tell_right_from_wrong(tmp_path):
     labels = [genrm.answer_check(p, a).is_good for p, a in candidates]
     assert 0 < sum(labels) < len(labels)
     assert auroc(scores, labels) >= 0.9
+
+
+def test_search_reads_the_verdict_at_every_step_end(tmp_path):
+    policy_tokenizer = toy_tokenizer(tmp_path)
+    tokenizer = Tokenizer(add_symbols(policy_tokenizer.model_bytes, [genrm.GOOD, genrm.BAD]))
+    model = ConstantVerdict(tokenizer.vocab_size, tokenizer.symbol_id(genrm.GOOD), tokenizer.symbol_id(genrm.BAD))
+    score_steps, count_tokens = genrm.step_scorer(model, tokenizer, policy_tokenizer)
+    prompt = policy_tokenizer.encode_prompt(tasks.format_prompt(PROBLEM))
+    assert genrm.problem_from_prompt(policy_tokenizer, prompt) == PROBLEM  # the prompt shows it units first
+    assert genrm.problem_from_prompt(policy_tokenizer, policy_tokenizer.encode_prompt("countdown: 1 2 ->\n")) is None
+    steps, answer = tasks.trace(PROBLEM, "digits", "straight", countdown_products="digits")
+    finished = policy_tokenizer.encode(tasks.format_completion(steps, answer)) + [policy_tokenizer.eos_id]
+    unfinished = policy_tokenizer.encode("".join(step + "\n" for step in steps[:1]))
+    scores = score_steps([prompt] * 3, [finished, unfinished, finished])
+    # the verdict (3 / (3 + 1)) at every step end and the eos; no answer yet: 0 at its one step end
+    assert [len(s) for s in scores] == [len(steps) + 2, 1, len(steps) + 2]  # the steps, </think>'s line, eos
+    assert all(abs(value - 0.75) < 1e-6 for value in scores[0] + scores[2]) and scores[1] == [0.0]
+    # the same answer twice is checked once: what the verifier reads and writes for it, its exact check included
+    assert count_tokens([prompt] * 3, [finished, unfinished, finished]) == len(
+        genrm.training_example(tokenizer, PROBLEM, answer).tokens)
+    arith_prompt = policy_tokenizer.encode_prompt(tasks.format_prompt(tasks.parse_problem("arith", "1+2")))
+    with pytest.raises(UserError, match="countdown answers only"):
+        score_steps([arith_prompt], [finished])
