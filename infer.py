@@ -48,7 +48,8 @@ def parse_args():
     # strategy
     parser.add_argument("--strategy", choices=search.STRATEGIES, default="greedy", help="test-time strategy (default greedy)")
     parser.add_argument("--budget", type=int, default=16, help="samples' worth of compute for vote/bon/wvote/beam/mcts (default 16)")
-    parser.add_argument("--verifier", help="PRM or ORM checkpoint for bon, wvote, beam, mcts (e.g. runs/tiny/prm/ckpt.pt)")
+    parser.add_argument("--verifier", help="PRM or ORM checkpoint for bon, wvote, beam, mcts (e.g. runs/tiny/prm/ckpt.pt), "
+                        "or a generative verifier (genrm.pt of benchmarks/genrm.py)")
     parser.add_argument("--aggregate", choices=("min", "prod", "last"), default=None,
                         help="step scores -> solution score (default: min for a PRM, last for an ORM)")
     parser.add_argument("--beam-width", type=int, default=None, help="beams kept per step (default budget // 4, at least 1)")

@@ -7,17 +7,30 @@ is the probability of "Yes". With a chain of thought first (GenRM-CoT) the verif
 solution and only then the verdict; on algorithmic tasks that lifted best-of-N from 5% to 45%, because a check that
 recomputes the answer another way catches errors that a score read off the solution's text does not.
 
-Here, on countdown, whose answers can be checked from the problem alone. The verifier reads the problem and a
-candidate's answer expression (not its thinking), works the expression out as an arith problem, in the arith trace
-format the policy was pre-trained on, and ends with a verdict token:
+Countdown: the verifier reads the problem and a candidate's answer expression (not its thinking) and works out
+(answer) - target as an arith problem, in the arith trace format the policy was pre-trained on; then the verdict:
 
     countdown: 81 61 51 -> 94            the problem, 18 16 15 -> 49 (every number units first, as the prompts
-    arith: 81+61+51                      show them), and the candidate's answer 18+16+15 as an arith problem:
+    arith: 81+61+51-94                   show them), and (the candidate's answer 18+16+15) - 49 as an arith problem:
     <think>                              the verifier's prompt ends here
-    81+61=43;43+51                       its own check: 18+16=34, then 34+15=49, the value of the answer,
-    43+51=94;94                          written units first like the target it is compared with
-    <good>                               or <bad>: the value is not the target, or the answer uses a number the
-                                         problem does not give (or one too often), or a difference is not positive
+    81+61=43;43+51-94                    its own check: 18+16=34, 34+15=49,
+    43+51=94;94-94
+    94-94=0;0                            and 49-49=0: the answer makes the target exactly when this is 0
+    <good>                               or <bad>: not 0, or the answer uses a number the problem does not give (or
+                                         one too often), or a difference is not positive
+
+Arith: an answer cannot be checked without solving the problem again, but each step can: the verifier reads the
+expression before a step and the step as the candidate wrote it, works out (the step's operation) - (the value it
+wrote), 0 exactly when the step's arithmetic is right, and its verdict also says whether the expression left is
+the one before with that operation replaced. A sample scores its lowest step.
+
+    arith: 74+88+(45+53-34)              the expression before the step (units first), the step,
+    74+88=531;531+(45+53-34)             and (47+88) - 135 as an arith problem:
+    arith: 74+88-531
+    <think>
+    74+88=531;531-531                    47+88 worked out afresh: one operation, which the policy rarely gets wrong
+    531-531=0;0                          alone, while a step deep in a long sampled solution often does
+    <good>
 
 score = P(<good>) / (P(<good>) + P(<bad>)) at the verdict, after the check the verifier writes itself, greedily.
 The check is a trace the policy already writes well (the reasoner works 95% of its own countdown answers out
@@ -25,16 +38,18 @@ right as arith problems, docs/verifiers_log.md), so the verifier starts from the
 verdict: the joint objective of Cobbe et al. (arXiv 2110.14168), language modelling of the check plus the verdict,
 in one next-token loss, the verdict weighted up.
 
-Four checks were tried (200 held-out problems, the same data and 1,500 steps; docs/verifiers_log.md): the answer's
-moves as countdown moves (`81+61=43;51 43`: a new skill, writing an expression's moves in post-order) picked 37.5%
-best-of-16; the arith trace then `</think>` and the value in reading order, 41.0%; the arith trace ending on the
-value units first, as here, 51.0%; the same after a line per number taken from the numbers left, 39.0%. Greedy
-solves 53.0% and the checker 65.0% (pass@16).
+What the check ends on decides (docs/verifiers_log.md, countdown, 200 held-out problems, 400 training problems,
+1,500 steps): the answer's moves as countdown moves (`81+61=43;51 43`, a new skill) picked 37.5% best-of-16; the
+answer's value in reading order after `</think>`, 41.0%; its value units first, 51.0%; the same after a line per
+number taken, 39.0% (greedy 53.0%, pass@16 65.0%). With a value at the end, the verdict must compare it with the
+target across the prompt, and it often did not: on 500 problems, with 1,200 training problems, it rejected 22% of
+the right answers. Ending on the difference leaves the verdict a local question (is this 0?): 0.9% rejected, and
+best-of-16 rose from 52.2% to 58.8%.
 
-Simplifications: countdown only (an arith answer cannot be re-derived without solving the problem again, so its
-check would be a second solution, not a check); the checks are exact, written by code like every trace here, not
-sampled from a larger model as in the paper; the verifier does not read the candidate's thinking, while
-countdown.check also requires the path the answer comes from to be legal (rarely the only fault of an answer).
+Simplifications: the checks are exact, written by code like every trace here, not sampled from a larger model as
+in the paper; the countdown verifier does not read the candidate's thinking, while countdown.check also requires
+the path the answer comes from to be legal (rarely the only fault of an answer); the arith verifier does not check
+that the answer line repeats the last step's value.
 """
 from collections import Counter
 from dataclasses import dataclass
@@ -48,7 +63,7 @@ from nano_reasoner.model import grow_vocab
 from nano_reasoner.sampling import generate
 from nano_reasoner.tasks import arith, countdown, expr
 from nano_reasoner.prm import scoring_positions
-from nano_reasoner.tasks.trace import ProblemError, flip_digits, shown_problem
+from nano_reasoner.tasks.trace import ProblemError, flip_digits, shown_problem, undone_state
 from nano_reasoner.tokenizer import add_symbols
 
 GOOD, BAD = "<good>", "<bad>"
@@ -71,6 +86,16 @@ def as_arith(answer):
         return None
 
 
+def checked_expression(problem, answer):
+    """The arith problem the verifier works out for a candidate: (answer) - target, which is 0 exactly when the
+    answer makes the target; None when the answer is no expression."""
+    expression = as_arith(answer)
+    if expression is None:
+        return None
+    _, target = countdown.parse_numbers(problem.text)
+    return as_arith(f"({expression.text})-{target}")
+
+
 def answer_check(problem, answer):
     """The exact check of a candidate's answer expression (text) for a countdown problem: the arith trace that works
     it out, and the verdict. Never raises; an answer that is no expression gets no check and a bad verdict."""
@@ -78,8 +103,7 @@ def answer_check(problem, answer):
     expression = as_arith(answer)
     if expression is None:
         return Check([], False, "the answer is not an expression with an operation")
-    steps, value = tasks.trace(expression, "digits")
-    lines = steps  # the last line ends on the value, units first like the target in the prompt: the verdict compares
+    lines, difference = tasks.trace(checked_expression(problem, answer), "digits")  # the last line ends on 0 or not
     state = list(numbers)
 
     def is_legal(node):
@@ -101,8 +125,8 @@ def answer_check(problem, answer):
 
     if not is_legal(expr.parse(expression.text)):
         return Check(lines, False, "a number that is not given, one used too often, or a difference not positive")
-    if int(value) != target:
-        return Check(lines, False, f"the answer makes {value}, not {target}")
+    if int(difference) != 0:
+        return Check(lines, False, f"the answer makes {int(difference) + target}, not {target}")
     return Check(lines, True, "")
 
 
@@ -118,13 +142,15 @@ def verifier_prompt(tokenizer, problem, answer):
     """[bos] + the problem line + the candidate's answer as an arith prompt: what the verifier reads before its
     check (the answer must be an expression: as_arith)."""
     return tokenizer.encode_prompt(f"{problem.task}: {shown_problem(problem)}\n" +
-                                   tasks.format_prompt(as_arith(answer)))
+                                   tasks.format_prompt(checked_expression(problem, answer)))
 
 
 def training_example(tokenizer, problem, answer):
     """The verifier's training sequence for one candidate: its prompt, then the exact check and verdict."""
-    check = answer_check(problem, answer)
-    prompt = verifier_prompt(tokenizer, problem, answer)
+    return _example(tokenizer, verifier_prompt(tokenizer, problem, answer), answer_check(problem, answer))
+
+
+def _example(tokenizer, prompt, check):
     completion = tokenizer.encode("".join(line + "\n" for line in check.lines))
     completion += [tokenizer.symbol_id(GOOD if check.is_good else BAD), tokenizer.eos_id]
     return Example(prompt + completion, len(prompt))
@@ -154,18 +180,35 @@ def train(model, tokenizer, examples, *, steps, batch_size=32, lr=3e-4, verdict_
     return model
 
 
-@torch.no_grad()
 def score(model, tokenizer, problems, answers, chunk_size=512):
-    """P(<good>) for each (problem, answer): the verifier writes its check greedily (until a verdict token), then
-    the verdict's two logits are read at the position after the check. An answer that is None (no well-formed
-    answer) or no expression scores 0."""
+    """P(<good>) for each countdown (problem, answer); an answer that is None (no well-formed answer) or no
+    expression scores 0."""
+    prompts = [verifier_prompt(tokenizer, problem, answer) if answer and as_arith(answer) is not None else None
+               for problem, answer in zip(problems, answers)]
+    return score_prompts(model, tokenizer, prompts, chunk_size)
+
+
+def score_steps_of(model, tokenizer, pairs, chunk_size=512):
+    """P(<good>) for each arith step (previous, line); a line that is no equation of one operation scores 0."""
+    prompts = [step_prompt(tokenizer, previous, line) if step_expression(line) is not None else None
+               for previous, line in pairs]
+    return score_prompts(model, tokenizer, prompts, chunk_size)
+
+
+@torch.no_grad()
+def score_prompts(model, tokenizer, prompts, chunk_size=512):
+    """P(<good>) after each verifier prompt: the verifier writes its check greedily (until a verdict token), then
+    the verdict's two logits are read at the position after the check. A prompt that is None, or leaves no room for
+    a check in the context (a runaway sampled line), scores 0."""
     good_id, bad_id = tokenizer.symbol_id(GOOD), tokenizer.symbol_id(BAD)
-    scores = [0.0] * len(problems)
-    todo = [i for i, answer in enumerate(answers) if answer and as_arith(answer) is not None]
+    all_prompts = prompts
+    scores = [0.0] * len(all_prompts)
+    todo = [i for i, prompt in enumerate(all_prompts)
+            if prompt is not None and len(prompt) + CHECK_TOKENS <= model.config.block_size]
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
-        prompts = [verifier_prompt(tokenizer, problems[i], answers[i]) for i in chunk]
-        room = min(CHECK_TOKENS, model.config.block_size - max(len(p) for p in prompts))
+        prompts = [all_prompts[i] for i in chunk]
+        room = CHECK_TOKENS
         result = generate(model, prompts, room, temperature=0.0, stop_ids=[good_id, bad_id],
                           pad_id=tokenizer.pad_id)
         sequences = []
@@ -182,6 +225,74 @@ def score(model, tokenizer, problems, answers, chunk_size=512):
         for i, p_good in zip(chunk, torch.softmax(verdict, dim=-1)[:, 0].tolist()):
             scores[i] = p_good
     return scores
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# arith: each step checked by a difference
+
+def step_expression(line):
+    """An arith step as the policy writes it (`74+88=531;531+(45+53-34)`, digits units first) -> the arith problem
+    (its operation) - (the value it wrote), 0 exactly when the step's arithmetic is right; None when the line is not
+    an equation that starts with one operation on two numbers and ends on a number."""
+    chain = flip_digits(line).split(";")[0]
+    links = chain.split("=")
+    if len(links) < 2:
+        return None
+    try:
+        operation, value = expr.parse(links[0]), expr.parse(links[-1])
+    except expr.ExprError:
+        return None
+    if expr.count_ops(operation) != 1 or operation[1][0] != "num" or operation[2][0] != "num" or value[0] != "num":
+        return None
+    return as_arith(f"({links[0]})-({links[-1]})")
+
+
+def step_check(previous, line):
+    """The exact check of one arith step: `previous` the expression before it (reading order), `line` the step as
+    the policy wrote it. lines: the arith trace of step_expression, ending on 0 when the arithmetic is right; the
+    verdict: arith.check_step's (right arithmetic, and the expression left is `previous` with that operation
+    replaced by its value), which the verifier reads off its check and the step's two expressions. Never raises."""
+    difference = step_expression(line)
+    if difference is None:
+        return Check([], False, "the step is not an equation of one operation")
+    lines, _ = tasks.trace(difference, "digits")
+    try:
+        tree = expr.parse(previous)
+    except expr.ExprError:
+        return Check(lines, False, "the expression before the step is unreadable")
+    is_valid, reason, _ = arith.check_step(tree, flip_digits(line))
+    return Check(lines, is_valid, reason)
+
+
+def completion_steps(problem, completion):
+    """The steps of an arith completion, each with the expression before it: [(previous, line)], previous in
+    reading order (the problem, then each step's expression left; an undo line moves back to the expression it
+    names and is not itself checked). Stops at a step whose expression left is unreadable. Never raises."""
+    previous, pairs = problem.text, []
+    for line in tasks.parse_completion(completion).steps:
+        undone = undone_state(line)
+        if undone is not None:
+            previous = flip_digits(undone)
+            continue
+        pairs.append((previous, line))
+        left = flip_digits(line).split(";")
+        if len(left) != 2:
+            break
+        previous = left[1]
+    return pairs
+
+
+def step_prompt(tokenizer, previous, line):
+    """[bos] + the expression before the step (shown units first) + the step line + the step's difference as an
+    arith prompt: what the verifier reads before its check of one arith step."""
+    return tokenizer.encode_prompt(f"arith: {flip_digits(previous)}\n{line}\n" +
+                                   tasks.format_prompt(step_expression(line)))
+
+
+def step_training_example(tokenizer, previous, line):
+    """The verifier's training sequence for one arith step: its prompt, then the exact check and verdict."""
+    check = step_check(previous, line)
+    return _example(tokenizer, step_prompt(tokenizer, previous, line), check)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -207,31 +318,53 @@ def problem_from_prompt(policy_tokenizer, prompt):
 
 def step_scorer(model, tokenizer, policy_tokenizer):
     """-> (score_steps, count_tokens) for search.Verifier. score_steps(prompts, completions), in the policy's
-    tokens -> for each completion, the verdict on its answer, P(good), at every scoring position (prm.scoring_positions:
-    step ends and eos), so that min, last and MCTS's node values all read the verdict; a completion with no answer yet
-    scores 0 throughout. Each distinct (problem, answer) of a call is checked once. count_tokens: what the verifier
-    reads and writes for them, counting the exact check's length for the one it writes."""
-    def answers_of(prompts, completions):
-        keys = []
+    tokens -> for each completion, a score at every scoring position (prm.scoring_positions: step ends and eos), so
+    that min, last and MCTS's node values all read the verdicts. Countdown: the verdict on the answer, at every
+    position (0 throughout while there is no answer). Arith: at each line's end the lowest verdict of the steps so
+    far, at the eos that of all of them (0 when the completion is not well formed). Each distinct candidate of a
+    call (countdown answer, arith step) is checked once. count_tokens: what the verifier reads and writes for them,
+    counting the exact check's length for the one it writes."""
+    def candidates_of(prompts, completions):
+        """-> per completion (problem, text, its candidates): countdown [(problem, answer)], arith [(previous, line)]"""
+        found = []
         for prompt, completion in zip(prompts, completions):
-            problem = problem_from_prompt(policy_tokenizer, prompt)
-            if problem is not None and problem.task != "countdown":
-                raise UserError(f"the generative verifier judges countdown answers only, not {problem.task}: "
-                                f"use the PRM (runs/tiny/prm/ckpt.pt) there")
-            answer = candidate_answer(policy_tokenizer.decode(completion)) if problem is not None else None
-            keys.append((problem, answer) if answer and as_arith(answer) is not None else None)
-        return keys
+            problem, text = problem_from_prompt(policy_tokenizer, prompt), policy_tokenizer.decode(completion)
+            if problem is None:
+                found.append((None, text, []))
+            elif problem.task == "countdown":
+                answer = candidate_answer(text)
+                found.append((problem, text, [(problem, answer)] if answer and as_arith(answer) else []))
+            else:
+                found.append((problem, text, completion_steps(problem, text)))
+        return found
 
     def score_steps(prompts, completions):
-        keys = answers_of(prompts, completions)
-        distinct = sorted({key for key in keys if key is not None}, key=lambda key: (key[0].text, key[1]))
-        verdicts = dict(zip(distinct, score(model, tokenizer, [p for p, _ in distinct], [a for _, a in distinct])))
-        return [[verdicts.get(key, 0.0)] * len(scoring_positions(policy_tokenizer, completion))
-                for key, completion in zip(keys, completions)]
+        found = candidates_of(prompts, completions)
+        answers = sorted({c for problem, _, cs in found if problem and problem.task == "countdown" for c in cs},
+                         key=lambda c: (c[0].text, c[1]))
+        steps = sorted({c for problem, _, cs in found if problem and problem.task == "arith" for c in cs})
+        verdicts = dict(zip(answers, score(model, tokenizer, [p for p, _ in answers], [a for _, a in answers])))
+        verdicts.update(zip(steps, score_steps_of(model, tokenizer, steps)))
+        all_scores = []
+        for (problem, text, candidates), completion in zip(found, completions):
+            positions = len(scoring_positions(policy_tokenizer, completion))
+            if problem is None or problem.task == "countdown":
+                all_scores.append([verdicts.get(candidates[0], 0.0) if candidates else 0.0] * positions)
+                continue
+            values, lowest, pending = [], 1.0, list(candidates)
+            for line in text.split("\n")[:-1]:  # every line that a step end closes
+                if pending and line == pending[0][1]:
+                    lowest = min(lowest, verdicts.get(pending.pop(0), 0.0))
+                values.append(lowest)
+            values.append(lowest if tasks.parse_completion(text).is_well_formed else 0.0)  # the eos, if reached
+            all_scores.append((values + [values[-1]] * positions)[:positions])
+        return all_scores
 
     def count_tokens(prompts, completions):
-        distinct = {key for key in answers_of(prompts, completions) if key is not None}
-        return sum(len(training_example(tokenizer, problem, answer).tokens) for problem, answer in distinct)
+        distinct = {c for problem, _, cs in candidates_of(prompts, completions) for c in cs}
+        return sum(len((training_example(tokenizer, *c) if isinstance(c[0], tasks.Problem) else
+                        step_training_example(tokenizer, *c)).tokens) for c in distinct
+                   if isinstance(c[0], tasks.Problem) or step_expression(c[1]) is not None)
 
     return score_steps, count_tokens
 

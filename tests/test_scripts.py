@@ -77,6 +77,8 @@ CASES = [
      "expected a verifier"),
     ("verifier trained with another tokenizer", "infer.py",
      ARITH + ["--strategy", "bon", "--verifier", "prm_other_tokenizer.pt", "7+3"], "another tokenizer"),
+    ("generative verifier grown from another policy", "infer.py",
+     ARITH + ["--strategy", "bon", "--verifier", "genrm_other_policy.pt", "7+3"], "generative verifier of another policy"),
     # --- infer.py: problems
     ("problem the tokenizer cannot encode", "infer.py", ["--ckpt", "countdown_only.pt", "--task", "arith", "7+3"],
      "characters the tokenizer does not know"),
@@ -318,7 +320,7 @@ def save_tiny(path, tokenizer_bytes, vocab_size, *, kind="policy", with_optimize
     """A 2-layer width-32 model with random weights: the scripts only need something of the right shape."""
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32,
-                       has_scalar_head=kind != "policy", **config_overrides)
+                       has_scalar_head=kind not in ("policy", "genrm"), **config_overrides)
     model = GPT(config)
     optimizer = torch.optim.AdamW(model.parameters()) if with_optimizer else None
     save_checkpoint(str(path), kind=kind, model_state=model.state_dict(), model_config=vars(config),
@@ -344,6 +346,8 @@ def make_workspace(work):
     save_tiny(work / "policy.pt", policy_bytes, tokenizer.vocab_size)
     save_tiny(work / "prm.pt", policy_bytes, tokenizer.vocab_size, kind="prm")
     save_tiny(work / "prm_other_tokenizer.pt", other.model_bytes, other.vocab_size, kind="prm")
+    save_tiny(work / "genrm_other_policy.pt", add_symbols(other.model_bytes, ["<good>", "<bad>"]), other.vocab_size + 2,
+              kind="genrm")
     save_tiny(work / "countdown_only.pt", countdown_only.model_bytes, countdown_only.vocab_size)
     save_tiny(work / "small_vocab.pt", policy_bytes, 10)
     save_tiny(work / "chat_policy.pt", add_symbols(policy_bytes, CHAT_SYMBOLS), tokenizer.vocab_size + len(CHAT_SYMBOLS))
