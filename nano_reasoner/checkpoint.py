@@ -42,7 +42,7 @@ CHECKPOINT_KEYS = ("kind", "format_version", "model_state", "model_config", "tok
 FIELD_TYPES = {"kind": str, "format_version": int, "model_state": dict, "model_config": dict,
                "tokenizer_bytes": torch.Tensor, "tokenizer_sha256": str, "step": int}  # checked on load
 SCRIPT_THAT_WRITES = {"policy": "train_pretrain.py", "prm": "train_prm.py", "orm": "train_prm.py",
-                      "genrm": "benchmarks/genrm_countdown.py"}  # for messages
+                      "genrm": "benchmarks/genrm.py"}  # for messages
 PLAIN_LEAF_TYPES = (str, int, float, bool, type(None))
 PLAIN_CONTAINER_TYPES = (dict, collections.OrderedDict, list, tuple)  # OrderedDict: what state_dict() returns
 
