@@ -60,21 +60,21 @@ from nano_reasoner import tasks
 from nano_reasoner.cli import UserError, load_policy
 from nano_reasoner.data import Example, batches, collate, decision_weights
 from nano_reasoner.model import grow_vocab
+from nano_reasoner.prm import scoring_positions
 from nano_reasoner.sampling import generate
 from nano_reasoner.tasks import arith, countdown, expr
-from nano_reasoner.prm import scoring_positions
 from nano_reasoner.tasks.trace import ProblemError, flip_digits, shown_problem, undone_state
 from nano_reasoner.tokenizer import add_symbols
 
 GOOD, BAD = "<good>", "<bad>"
-CHECK_TOKENS = 160  # the longest check a verifier may write: three moves with worked-through products
+CHECK_TOKENS = 160  # the longest check a verifier may write: three moves with worked-through products, then - target
 VERDICT_WEIGHT = 8.0  # the verdict's share of the loss, as the reasoner's decisions (data.decision_weights)
 
 
 @dataclass
 class Check:
     lines: list      # the check's step lines, digits as the model writes them (units first)
-    is_good: bool    # the verdict: every move legal and the last one makes the target
+    is_good: bool    # the verdict: countdown, every move legal and the target made; arith, the step valid
     reason: str      # why not ("" when good)
 
 

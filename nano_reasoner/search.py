@@ -71,8 +71,8 @@ class Verifier:
 
 
 def load_verifier(path, device, policy_tokenizer):
-    """A verifier checkpoint -> Verifier: a PRM or ORM (prm.py), or a generative verifier (genrm.py, countdown only);
-    ValueError when it was trained with another tokenizer."""
+    """A verifier checkpoint -> Verifier: a PRM or ORM (prm.py), or a generative verifier (genrm.py: countdown answers,
+    arith steps), told apart by the kind its sidecar names; ValueError when it was trained with another tokenizer."""
     if sidecar_kind(path) == "genrm":
         model, tokenizer = genrm.load(path, device, policy_tokenizer)
         score_steps, count_tokens = genrm.step_scorer(model, tokenizer, policy_tokenizer)

@@ -157,3 +157,8 @@ def test_a_completion_is_cut_into_steps_each_with_the_expression_before_it():
         ("135+(89-43)", "98-34=64;531+64"), ("135+46", "531+64=181;181")]
     assert all(genrm.step_check(*pair).is_good for pair in genrm.completion_steps(ARITH, completion))
     assert genrm.completion_steps(ARITH, "</think>\n181") == []
+    # a slip, then an undo line back to the expression before it: the retry is checked from there, the undo not at all
+    retry = "74+88=541;541+(45+53-34)\nundo;74+88+(45+53-34)\n74+88=531;531+(45+53-34)\n</think>\n181"
+    pairs = genrm.completion_steps(ARITH, retry)
+    assert pairs == [(ARITH.text, "74+88=541;541+(45+53-34)"), (ARITH.text, "74+88=531;531+(45+53-34)")]
+    assert [genrm.step_check(*pair).is_good for pair in pairs] == [False, True]
