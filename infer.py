@@ -3,8 +3,8 @@ Use a trained policy: solve one problem, or a JSONL file of problems, with a tes
 
     python infer.py --ckpt runs/tiny/pretrain/ckpt.pt --task arith "7+38*2-15"
     python infer.py --ckpt runs/tiny/pretrain/ckpt.pt --task countdown --problems in.jsonl --out out.jsonl \\
-        --strategy beam --budget 16 --verifier runs/tiny/prm/ckpt.pt
-    python infer.py --ckpt runs/tiny/pretrain/ckpt.pt --scaling --verifier runs/tiny/prm/ckpt.pt --orm runs/tiny/prm/orm.pt
+        --strategy bon --budget 16 --verifier runs/tiny/prm/ckpt.pt
+    python infer.py --ckpt runs/tiny/pretrain/ckpt.pt --scaling --verifier runs/tiny/prm/prm_exact.pt --orm runs/tiny/prm/orm.pt
 
 Strategies (nano_reasoner/search.py and mcts.py): greedy, sample (one at --temperature), vote (majority of --budget
 samples), bon (best of --budget by the verifier), wvote (votes weighted by verifier scores), check (countdown only:
@@ -48,8 +48,8 @@ def parse_args():
     # strategy
     parser.add_argument("--strategy", choices=search.STRATEGIES, default="greedy", help="test-time strategy (default greedy)")
     parser.add_argument("--budget", type=int, default=16, help="samples' worth of compute for vote/bon/wvote/beam/mcts (default 16)")
-    parser.add_argument("--verifier", help="PRM or ORM checkpoint for bon, wvote, beam, mcts (e.g. runs/tiny/prm/ckpt.pt), "
-                        "or a generative verifier (genrm.pt of benchmarks/genrm.py)")
+    parser.add_argument("--verifier", help="verifier checkpoint for bon, wvote, beam, mcts: the stage's generative "
+                        "verifier (runs/tiny/prm/ckpt.pt), a PRM (prm_exact.pt) or an ORM (orm.pt)")
     parser.add_argument("--aggregate", choices=("min", "prod", "last"), default=None,
                         help="step scores -> solution score (default: min for a PRM, last for an ORM)")
     parser.add_argument("--beam-width", type=int, default=None, help="beams kept per step (default budget // 4, at least 1)")
@@ -84,7 +84,7 @@ def parse_args():
         if args.problem is not None or args.problems:
             raise UserError("--scaling runs on held-out problems: give no problem and no --problems")
         if not args.verifier:
-            raise UserError("--scaling needs a PRM: pass --verifier runs/tiny/prm/ckpt.pt")
+            raise UserError("--scaling needs a PRM: pass --verifier runs/tiny/prm/prm_exact.pt")
         try:
             args.scaling_budgets = tuple(sorted({int(b) for b in args.scaling_budgets.split(",")}))
         except ValueError:

@@ -61,7 +61,9 @@ def stages(preset, run_dir):
          os.path.join(run_dir, "distill", "eval.json")),
         ("adapt", ["train_adapt.py", "--preset", preset, "--init", final, "--out", os.path.join(run_dir, "adapt")],
          os.path.join(run_dir, "adapt", "eval.json")),
-        ("scaling", ["infer.py", "--scaling", "--ckpt", reason, "--verifier", prm,
+        # the sweep reads the scalar PRM: the generative verifier (prm/ckpt.pt) writes a check per candidate
+        ("scaling", ["infer.py", "--scaling", "--ckpt", reason,
+                     "--verifier", os.path.join(run_dir, "prm", "prm_exact.pt"),
                      "--orm", os.path.join(run_dir, "prm", "orm.pt"), "--scaling-out", os.path.join(run_dir, "scaling")]
          + (SCALING_TINY if preset == "tiny" else []),
          os.path.join(run_dir, "scaling", "scaling.md")),
@@ -85,7 +87,8 @@ def main():
             continue
         # the sweep, the compressions and the adaptation are short: they run again from the start rather than resume
         is_resumable = name not in ("scaling", "adapt") and not name.startswith("compress")
-        if is_resumable and os.path.exists(os.path.join(os.path.dirname(done_marker), "ckpt.pt")):
+        started = [os.path.join(os.path.dirname(done_marker), name) for name in ("ckpt.pt", "labels.pt")]
+        if is_resumable and any(map(os.path.exists, started)):
             command = command + ["--resume"]  # stopped half way last time: continue it
         print(f"== {name}: python {' '.join(command)}", flush=True)
         t_start = time.time()

@@ -1,29 +1,36 @@
 """
-Train the verifiers: a PRM on exact step labels, a PRM on Monte-Carlo step labels, and an ORM; measure all three.
+Train the verifiers: a PRM on exact step labels, a PRM on Monte-Carlo step labels, an ORM, and a generative
+verifier that checks answers and steps by working them out again; measure all four.
 
-    python train_prm.py --preset tiny --policy runs/tiny/pretrain/ckpt.pt --out runs/tiny/prm
+    python train_prm.py --preset tiny --policy runs/tiny/reason/ckpt.pt --out runs/tiny/prm
 
-Recipe (the stages of nano_reasoner/prm.py):
+Recipe (the stages of nano_reasoner/prm.py and nano_reasoner/genrm.py):
   (1) data      the policy solves training problems at temperature (so its solutions hold real mistakes), plus one
                 corrupted trace (tasks.corrupt) per problem; every scoring position gets its exact label, its outcome
-                label, and Monte-Carlo labels from k rollouts of the policy (Math-Shepherd).
+                label, and Monte-Carlo labels from k rollouts of the policy (Math-Shepherd). For the generative
+                verifier, many more samples (--genrm-problems x --genrm-samples) where the policy errs: every
+                distinct countdown answer and arith step in them gets its exact check (genrm.training_data).
   (2) train     three verifiers, each initialised from the policy with a new scalar head, same data, same steps:
                 PRM-exact, PRM-MC (hard or soft labels from k rollouts), ORM (the outcome label at every step end).
                 With --rank-weight, each also learns to rank a right solution above a wrong one of the same problem
                 (prm.ranking_loss), on pairs from the labelled traces and from --rank-problems more problems per
                 task, sampled --rank-samples times each and labelled by outcome only (no rollouts, so they are cheap).
+                Then the generative verifier: the policy with <good> and <bad> added, fine-tuned on check + verdict.
   (3) measure   on held-out problems: step-level AUROC and accuracy against the exact labels; agreement of Monte-
                 Carlo labels with the exact ones for k = 1, 4, 16; best-of-N accuracy for N = 1, 2, ..., 64 choosing
-                by each verifier and by majority vote, against greedy decoding and the pass@N oracle.
+                by each verifier, by the generative verifier's weighted vote and by majority vote, against greedy
+                decoding and the pass@N oracle; each verifier's within-problem AUROC.
 
-Writes to --out: ckpt.pt (the PRM later stages use, trained on --final-labels), prm_mc.pt or prm_exact.pt (the
-other PRM), orm.pt, labels.pt (the labelled training data, reused by --resume), config.json, metrics.jsonl,
-eval.json, verifiers.png, best_of_n.png and the "prm" section of report.md in the parent folder of --out.
-Resume after a stop with --resume (same flags): labelled data and finished verifiers are reused, an unfinished
-verifier continues from its last checkpoint.
+Writes to --out: ckpt.pt (the stage's verifier for later stages and `infer.py --verifier`: the generative one, or
+with --genrm-problems 0 the PRM on --final-labels), prm_exact.pt and prm_mc.pt (the PRMs, one of them ckpt.pt when
+there is no generative verifier), orm.pt, labels.pt and genrm_data.pt (the training data, reused by --resume),
+config.json, metrics.jsonl, eval.json, verifiers.png, best_of_n.png and the "prm" section of report.md in the parent
+folder of --out. Resume after a stop with --resume (same flags): the data and finished verifiers are reused, an
+unfinished scalar verifier continues from its last checkpoint, an unfinished generative one starts again.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -34,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nano_reasoner import prm, tasks
+from nano_reasoner import genrm, prm, search, tasks
 from nano_reasoner.checkpoint import (CheckpointError, atomic_write, capture_rng_state, load_checkpoint,
                                       restore_rng_state, save_checkpoint)
 from nano_reasoner.cli import UserError, autocast, cosine_lr, fill_from_preset, load_policy, pick_device, run_main
@@ -47,13 +54,16 @@ from nano_reasoner.evaluate import EVAL_DIFFICULTIES, held_out_problems
 PRESETS = {
     #        problems per task, policy samples per problem, steps, batch, lr, held-out problems per task
     # tiny: the reasoner's traces are long and its Monte-Carlo rollouts run ~20 per second on 2 cores, so few problems
-    "tiny": dict(train_problems=16, samples_per_problem=4, steps=150, batch_size=16, lr=1e-3, eval_problems=24,
-                 agreement_problems=3, max_n=16),
+    # and the generative verifier's: problems per task, samples per problem, fine-tuning steps (genrm.py)
+    # tiny: 10 minutes on 2 cores, most of it for the generative verifier, the verifier that works (README, stage 3)
+    "tiny": dict(train_problems=16, samples_per_problem=4, steps=100, batch_size=16, lr=1e-3, eval_problems=24,
+                 agreement_problems=3, max_n=16, genrm_problems=160, genrm_samples=8, genrm_steps=600),
     "small": dict(train_problems=2000, samples_per_problem=8, steps=2000, batch_size=64, lr=5e-4, eval_problems=500,
-                  agreement_problems=100, max_n=64),
+                  agreement_problems=100, max_n=64, genrm_problems=1200, genrm_samples=16, genrm_steps=3000),
     "base": dict(train_problems=5000, samples_per_problem=8, steps=4000, batch_size=128, lr=3e-4, eval_problems=500,
-                 agreement_problems=200, max_n=64),
+                 agreement_problems=200, max_n=64, genrm_problems=5000, genrm_samples=16, genrm_steps=8000),
 }
+GENRM_DIFFICULTIES = {"arith": (3, 4), "countdown": (3, 4)}  # where the policy's samples hold mistakes
 AGREEMENT_KS = (1, 4, 16)
 
 
@@ -80,7 +90,12 @@ def parse_args(argv=None):
     parser.add_argument("--rank-samples", type=int, default=8, help="policy samples per --rank-problems problem "
                         "(default 8)")
     parser.add_argument("--final-labels", choices=("exact", "mc"), default="exact",
-                        help="which PRM becomes --out/ckpt.pt for the later stages (default exact)")
+                        help="which PRM becomes --out/ckpt.pt when there is no generative verifier (default exact)")
+    parser.add_argument("--genrm-problems", type=int, help="training problems per task of the generative verifier "
+                        "(preset; 0 = none, and ckpt.pt is the PRM)")
+    parser.add_argument("--genrm-samples", type=int, help="policy samples per --genrm-problems problem (preset)")
+    parser.add_argument("--genrm-steps", type=int, help="fine-tuning steps of the generative verifier (preset)")
+    parser.add_argument("--genrm-lr", type=float, default=3e-4, help="its learning rate (default 3e-4)")
     # optimization
     parser.add_argument("--steps", type=int, help="optimizer steps per verifier (preset)")
     parser.add_argument("--batch-size", type=int, help="solutions per step (preset)")
@@ -90,7 +105,7 @@ def parse_args(argv=None):
     parser.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (default 1.0)")
     # evaluation and output
     parser.add_argument("--eval-problems", type=int, help="held-out problems per task for best-of-N and AUROC (preset)")
-    parser.add_argument("--max-n", type=int, help="largest N of best-of-N, a power of 2 (preset; tiny 32)")
+    parser.add_argument("--max-n", type=int, help="largest N of best-of-N, a power of 2 (preset)")
     parser.add_argument("--auroc-samples", type=int, default=4, help="solutions per held-out problem scored for "
                         "step-level AUROC (default 4)")
     parser.add_argument("--agreement-problems", type=int, help="held-out problems per task for the Monte-Carlo "
@@ -103,9 +118,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     fill_from_preset(args, PRESETS[args.preset])
     for key in ("train_problems", "samples_per_problem", "mc_k", "steps", "batch_size", "eval_problems", "max_n",
-                "auroc_samples", "agreement_problems", "log_every", "save_every"):
+                "auroc_samples", "agreement_problems", "log_every", "save_every", "genrm_samples", "genrm_steps"):
         if getattr(args, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive")
+    if args.genrm_problems < 0 or not args.genrm_lr > 0:
+        raise UserError("--genrm-problems must be >= 0 (0: no generative verifier) and --genrm-lr positive")
     if args.max_n & (args.max_n - 1):
         raise UserError(f"--max-n {args.max_n}: give a power of 2 such as 64")
     if args.auroc_samples > args.max_n:
@@ -182,6 +199,31 @@ def load_data(path):
                                  r["exact"], r["outcome"], r["num_step_lines"], r["source"])
     return ([trace(r) for r in data["rows"]], [r["rollouts"] for r in data["rows"]],
             [trace(r) for r in data.get("rank_rows", [])])
+
+
+def genrm_pools(policy, tokenizer, args, held_out):
+    """The generative verifier's data: --genrm-problems training problems per task where the policy errs
+    (GENRM_DIFFICULTIES), none held out, each with --genrm-samples of the policy's solutions. -> [(problem, texts)]"""
+    held_out_texts = {p.text for problems in held_out.values() for p in problems}
+    problems = []
+    for i, task in enumerate(tasks.TASKS):
+        if task in args.tasks:
+            candidates = tasks.generate(task, 2 * args.genrm_problems + 100, seed=args.seed + 900 + i,
+                                        difficulties=GENRM_DIFFICULTIES[task])
+            problems += list(dict.fromkeys(p for p in candidates if p.text not in held_out_texts))[:args.genrm_problems]
+    pools = search.sample_pool(policy, tokenizer, problems, args.genrm_samples, temperature=args.temperature,
+                               seed=args.seed + 4)
+    return [(pool.problem, pool.texts) for pool in pools]
+
+
+def save_genrm_pools(path, pools):
+    atomic_write(path, lambda file: torch.save([{"task": p.task, "text": p.text, "difficulty": p.difficulty,
+                                                 "samples": texts} for p, texts in pools], file))
+
+
+def load_genrm_pools(path):
+    return [(tasks.Problem(r["task"], r["text"], r["difficulty"]), r["samples"])
+            for r in torch.load(path, weights_only=True)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -269,6 +311,30 @@ def train_verifier(name, kind, ckpt_path, policy, tokenizer, traces, labels, arg
     return model, interrupted
 
 
+def train_genrm(ckpt_path, policy, tokenizer, pools, args, device, metrics):
+    """Train the generative verifier on the policy's samples (genrm.training_data), or reload it when a resumed run
+    finished it (an unfinished one starts again: it has no checkpoint of its own mid-way). -> (model, its tokenizer,
+    the data counts)"""
+    model, verifier_tokenizer = genrm.add_verdict_tokens(policy, tokenizer)  # a new model: the policy stays as it is
+    examples, counts = genrm.training_data(verifier_tokenizer, pools, policy.config.block_size)
+    print(f"genrm data: {counts['problems']} problems x {args.genrm_samples} samples -> {counts['candidates']} "
+          f"distinct answers and steps ({counts['good'] / max(1, counts['candidates']):.0%} good), "
+          f"{counts['examples']} examples", flush=True)
+    if os.path.exists(ckpt_path):
+        if not args.resume:
+            raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+        model, verifier_tokenizer = genrm.load(ckpt_path, device, tokenizer)
+        print(f"genrm: already trained ({ckpt_path})")
+        return model, verifier_tokenizer, counts
+    drop_records_after(metrics, "genrm", 0)
+    genrm.train(model, verifier_tokenizer, examples, steps=args.genrm_steps, lr=args.genrm_lr, seed=args.seed,
+                log_every=args.log_every, on_log=lambda step, loss: metrics.log(verifier="genrm", step=step, loss=loss))
+    save_checkpoint(ckpt_path, kind="genrm", model_state=model.state_dict(), model_config=vars(model.config),
+                    tokenizer_bytes=verifier_tokenizer.model_bytes, step=args.genrm_steps, args=vars(args),
+                    extra={"verifier": "genrm", "data": counts})
+    return model, verifier_tokenizer, counts
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # (3) measuring
 
@@ -296,10 +362,14 @@ def label_agreement(traces, rollouts, k):
             "soft_auroc": prm.auroc([s for _, s, _ in pairs], [y for _, _, y in pairs])}
 
 
-def majority_is_correct(traces):
-    """Majority vote over the final answers of well-formed solutions; a tie goes to the answer seen first."""
+def vote_is_correct(traces, weights=None):
+    """Majority vote over the final answers of well-formed solutions, each vote weighted by `weights` when given (a
+    verifier's scores: the weighted vote of Uesato et al., arXiv 2211.14275); a tie goes to the answer seen first."""
     answers = [tasks.parse_completion(t.text) for t in traces]
-    votes = Counter(parsed.answer for parsed in answers if parsed.is_well_formed)
+    votes = Counter()
+    for i, parsed in enumerate(answers):
+        if parsed.is_well_formed:
+            votes[parsed.answer] += 1.0 if weights is None else weights[i]
     if not votes:
         return False
     best = max(votes.values())
@@ -307,12 +377,14 @@ def majority_is_correct(traces):
     return next(t.outcome for t, parsed in zip(traces, answers) if parsed.is_well_formed and parsed.answer == winner)
 
 
-def best_of_n_curves(samples, solution_scores, task, max_n):
+def best_of_n_curves(samples, solution_scores, task, max_n, weighted=()):
     """Accuracy for N = 1, 2, 4, ..., max_n. Each problem's max_n samples are cut into max_n / N disjoint groups of N
     and the accuracy is averaged over groups, which uses every sample at every N (less noise than one group).
-    samples: per problem, max_n records with .outcome and .text; solution_scores: {verifier: per problem, per sample}."""
+    samples: per problem, max_n records with .outcome and .text; solution_scores: {verifier: per problem, per sample};
+    weighted: the verifiers whose scores also weight a vote, "<name> weighted vote"."""
     ns = [2 ** e for e in range(max_n.bit_length()) if 2 ** e <= max_n]
-    curves = {name: [] for name in list(solution_scores) + (["majority"] if task == "arith" else []) + ["pass@N"]}
+    curves = {name: [] for name in list(solution_scores) + [f"{name} weighted vote" for name in weighted] +
+              (["majority"] if task == "arith" else []) + ["pass@N"]}
     for n in ns:
         hits = Counter()
         groups = 0
@@ -323,8 +395,11 @@ def best_of_n_curves(samples, solution_scores, task, max_n):
                 for name, scores in solution_scores.items():
                     chosen = max(group, key=lambda i: scores[p_index][i])  # ties: the first sample
                     hits[name] += per_problem[chosen].outcome
+                for name in weighted:
+                    weights = [solution_scores[name][p_index][i] for i in group]
+                    hits[f"{name} weighted vote"] += vote_is_correct([per_problem[i] for i in group], weights)
                 if task == "arith":
-                    hits["majority"] += majority_is_correct([per_problem[i] for i in group])
+                    hits["majority"] += vote_is_correct([per_problem[i] for i in group])
                 hits["pass@N"] += any(per_problem[i].outcome for i in group)
         for name in curves:
             curves[name].append(hits[name] / groups)
@@ -362,10 +437,10 @@ def main():
 
     # (1) data: the policy's solutions and corrupted traces, each step labelled exactly and by k rollouts
     t_train_start = time.time()
-    # never train on the pre-training run's held-out problems, of any size this script or others evaluate on
+    # never train on the pre-training run's held-out problems, of any size this script or others evaluate on (the
+    # benchmarks pick their 500 arith problems of 3-4 operations among the first 2,000)
     policy_seed = policy_ckpt["args"].get("seed", args.seed)
-    held_out = {task: held_out_problems(500, policy_seed)[task] + held_out_problems(args.eval_problems, policy_seed)[task]
-                for task in tasks.TASKS}
+    held_out = {task: held_out_problems(max(2000, args.eval_problems), policy_seed)[task] for task in tasks.TASKS}
     if os.path.exists(data_path):
         traces, rollouts, rank_traces = load_data(data_path)
         print(f"data: {len(traces)} labelled traces from {data_path}")
@@ -397,6 +472,18 @@ def main():
     print(f"data: {data_stats['policy_correct_frac']:.1%} of the policy's solutions are correct, "
           f"{data_stats['good_frac']:.1%} of scoring positions are good")
 
+    genrm_data_path = os.path.join(args.out, "genrm_data.pt")
+    pools = []
+    if args.genrm_problems and os.path.exists(genrm_data_path):
+        pools = load_genrm_pools(genrm_data_path)
+        print(f"genrm data: {len(pools)} problems' samples from {genrm_data_path}")
+    elif args.genrm_problems:
+        t_genrm = time.time()
+        pools = genrm_pools(policy, tokenizer, args, held_out)
+        save_genrm_pools(genrm_data_path, pools)
+        print(f"genrm data: {args.genrm_samples} samples of each of {len(pools)} problems "
+              f"({time.time() - t_genrm:.0f}s)", flush=True)
+
     pair_traces = traces + rank_traces
     pairs = prm.ranking_pairs(pair_traces) if args.rank_weight > 0 else []
     data_stats["rank_traces"], data_stats["rank_pairs"] = len(rank_traces), len(pairs)
@@ -410,16 +497,23 @@ def main():
         mc_name: ("prm", prm.monte_carlo_labels(rollouts, args.mc_k, hard=args.mc_label == "hard")),
         "orm": ("orm", [[float(t.outcome)] * len(t.exact) for t in traces]),
     }
-    paths = {"prm-exact": final_path if args.final_labels == "exact" else os.path.join(args.out, "prm_exact.pt"),
-             mc_name: final_path if args.final_labels == "mc" else os.path.join(args.out, "prm_mc.pt"),
-             "orm": os.path.join(args.out, "orm.pt")}
-    verifiers = {}
+    # the stage's best verifier is ckpt.pt: the generative one when it is trained (docs/verifiers_log.md), else a PRM
+    final_name = "genrm" if args.genrm_problems else ("prm-exact" if args.final_labels == "exact" else mc_name)
+    paths = {"prm-exact": os.path.join(args.out, "prm_exact.pt"), mc_name: os.path.join(args.out, "prm_mc.pt"),
+             "orm": os.path.join(args.out, "orm.pt"), "genrm": os.path.join(args.out, "genrm.pt")}
+    paths[final_name] = final_path
+    scorers = {}  # verifier -> score_steps(prompts, completions): a score at every scoring position
     for name, (kind, labels) in label_sets.items():
-        verifiers[name], interrupted = train_verifier(name, kind, paths[name], policy, tokenizer, traces, labels,
-                                                      args, device, metrics, pair_traces, pairs)
+        model, interrupted = train_verifier(name, kind, paths[name], policy, tokenizer, traces, labels,
+                                            args, device, metrics, pair_traces, pairs)
         if interrupted:
             print(f"interrupted: saved {paths[name]}; continue with --resume")
             return
+        scorers[name] = functools.partial(prm.score_steps, model, tokenizer)
+    if args.genrm_problems:
+        model, verifier_tokenizer, data_stats["genrm"] = train_genrm(paths["genrm"], policy, tokenizer, pools, args,
+                                                                     device, metrics)
+        scorers["genrm"] = genrm.step_scorer(model, verifier_tokenizer, tokenizer)[0]
     train_seconds = time.time() - t_train_start
     print(f"verifier training took {format_duration(train_seconds)} (labels included)", flush=True)
 
@@ -429,39 +523,45 @@ def main():
                  if task in args.tasks}
     results = {"data": data_stats, "train_seconds": train_seconds, "tasks": {}}
     best_of_n = {}
-    all_auroc_traces = {name: ([], []) for name in verifiers}
+    all_auroc_traces = {name: ([], []) for name in scorers}
     for task, problems in eval_sets.items():
         greedy, _ = attempt_problems(policy, tokenizer, problems, temperature=0.0, seed=args.seed)
         greedy_acc = sum(a[0].verdict.is_correct for a in greedy) / len(problems)
         per_problem = sampled_traces(policy, tokenizer, problems, args.max_n, args.temperature, args.seed + 1)
         flat = [t for traces_of_problem in per_problem for t in traces_of_problem]
-        step_scores = {name: prm.score_steps(model, tokenizer, [t.prompt for t in flat], [t.completion for t in flat])
-                       for name, model in verifiers.items()}
+        step_scores = {name: score_steps([t.prompt for t in flat], [t.completion for t in flat])
+                       for name, score_steps in scorers.items()}
         # step-level quality on the first --auroc-samples solutions of each problem
         auroc_rows = [i for i in range(len(flat)) if i % args.max_n < args.auroc_samples]
         auroc_traces = [flat[i] for i in auroc_rows]
         task_result = {"greedy_acc": greedy_acc, "step": {}}
-        for name in verifiers:
+        for name in scorers:
             rows_scores = [step_scores[name][i] for i in auroc_rows]
             task_result["step"][name] = step_metrics(rows_scores, auroc_traces)
             all_auroc_traces[name][0].extend(rows_scores)
             all_auroc_traces[name][1].extend(auroc_traces)
-        # best-of-N: PRMs aggregate by min (and the exact PRM also by prod and last), the ORM reads its last score
+        # best-of-N: PRMs aggregate by min (and the exact PRM also by prod and last), the ORM reads its last score;
+        # the generative verifier's min is its lowest verdict (countdown: its one verdict on the answer)
         solution_scores = {}
-        for name in verifiers:
+        for name in scorers:
             hows = ("last",) if name == "orm" else ("min",)
             for how in hows:
                 flat_scores = [prm.aggregate(s, how) for s in step_scores[name]]
-                solution_scores[f"{name} ({how})"] = [flat_scores[i:i + args.max_n]
-                                                      for i in range(0, len(flat_scores), args.max_n)]
+                solution_scores[name if name == "genrm" else f"{name} ({how})"] = [
+                    flat_scores[i:i + args.max_n] for i in range(0, len(flat_scores), args.max_n)]
         for how in ("prod", "last"):
             flat_scores = [prm.aggregate(s, how) for s in step_scores["prm-exact"]]
             solution_scores[f"prm-exact ({how})"] = [flat_scores[i:i + args.max_n]
                                                      for i in range(0, len(flat_scores), args.max_n)]
         samples = [[Sample(tokenizer.decode(t.completion), t.outcome) for t in traces_of_problem]
                    for traces_of_problem in per_problem]
-        ns, curves = best_of_n_curves(samples, solution_scores, task, args.max_n)
+        ns, curves = best_of_n_curves(samples, solution_scores, task, args.max_n,
+                                      weighted=["genrm"] if "genrm" in scorers else [])
         task_result["best_of_n"] = {"n": ns, **curves}
+        # how well each verifier ranks one problem's right samples above its wrong ones
+        outcomes = [[s.outcome for s in per_sample] for per_sample in samples]
+        task_result["within_problem_auroc"] = {name: prm.within_problem_auroc(scores, outcomes)
+                                               for name, scores in solution_scores.items()}
         best_of_n[task] = (ns, curves, greedy_acc)
         # Monte-Carlo labels against exact labels, k = 1, 4, 16, on the first solutions of a subset of problems
         agreement_traces = [t for traces_of_problem in per_problem[:args.agreement_problems]
@@ -474,16 +574,16 @@ def main():
                     **{f"bo16_{name}": curves[name][ns.index(16)] for name in curves if 16 in ns})
         print(f"eval {task}: greedy {greedy_acc:.1%} | " + " | ".join(
             f"{name} AUROC {m['auroc']:.3f}" for name, m in task_result["step"].items()), flush=True)
-    results["step_all"] = {name: step_metrics(*all_auroc_traces[name]) for name in verifiers}
+    results["step_all"] = {name: step_metrics(*all_auroc_traces[name]) for name in scorers}
     results["eval_seconds"] = time.time() - t_eval
     write_json(os.path.join(args.out, "eval.json"), results)
-    write_outputs(args, results, best_of_n, mc_name)
-    print(f"wrote {final_path} (PRM on {args.final_labels} labels), {paths['orm']}, {args.out}/best_of_n.png, "
+    write_outputs(args, results, best_of_n, mc_name, final_name)
+    print(f"wrote {final_path} ({final_name}), {paths['orm']}, {args.out}/best_of_n.png, "
           f"report.md ({format_duration(train_seconds)} of verifier training, {format_duration(results['eval_seconds'])} "
           f"of evaluation)")
 
 
-def write_outputs(args, results, best_of_n, mc_name):
+def write_outputs(args, results, best_of_n, mc_name, final_name):
     """Plots and the report section."""
     panels = []
     for task, (ns, curves, greedy_acc) in best_of_n.items():
@@ -495,7 +595,9 @@ def write_outputs(args, results, best_of_n, mc_name):
     plot_panels(os.path.join(args.out, "best_of_n.png"), panels, title="choosing among N policy samples")
     history = read_losses(args.out)
     plot_panels(os.path.join(args.out, "verifiers.png"), [
-        {"title": "verifier training loss (BCE" + (" + ranking)" if args.rank_weight > 0 else ")"), "xlabel": "step", "ylabel": "loss", "series": history},
+        {"title": "verifier training loss (BCE" + (" + ranking" if args.rank_weight > 0 else "") +
+                  ("; genrm: next-token" if args.genrm_problems else "") + ")",
+         "xlabel": "step", "ylabel": "loss", "series": history},
         {"title": "Monte-Carlo labels vs exact (step lines)", "xlabel": "k (rollouts per step)",
          "ylabel": "agreement of the hard label", "logx": True,
          "series": {task: ([a["k"] for a in r["mc_agreement"]], [a["hard_agreement"] for a in r["mc_agreement"]])
@@ -508,12 +610,15 @@ def write_outputs(args, results, best_of_n, mc_name):
     agreement_rows = [[task, a["k"], f"{a['hard_agreement']:.1%}", f"{a['false_bad_frac']:.1%}",
                        f"{a['false_good_frac']:.1%}", f"{a['soft_auroc']:.3f}"]
                       for task, r in results["tasks"].items() for a in r["mc_agreement"]]
+    within_rows = [[task, name, f"{value:.3f}", count] for task, r in results["tasks"].items()
+                   for name, (value, count) in r["within_problem_auroc"].items()]
     bon_rows = []
     for task, (ns, curves, greedy_acc) in best_of_n.items():
         for name, ys in curves.items():
             bon_rows.append([task, name] + [f"{y:.1%}" for y in ys])
         bon_rows.append([task, "greedy"] + [f"{greedy_acc:.1%}"] * len(ns))
     data = results["data"]
+    genrm_data = data.get("genrm", {})
     folder = os.path.basename(os.path.abspath(args.out))
     write_report_section(os.path.join(os.path.dirname(os.path.abspath(args.out)), "report.md"), "prm", "\n".join([
         f"## Verifiers: PRM and ORM ({args.preset})", "",
@@ -523,8 +628,14 @@ def write_outputs(args, results, best_of_n, mc_name):
         f"the policy, {args.steps} steps of {args.batch_size}: PRM on exact labels, PRM on Monte-Carlo labels "
         f"({mc_name}: {args.mc_k} rollouts per step, {args.mc_label} label), ORM (outcome label at every step end). "
         f"{format_duration(results['train_seconds'])} for labels and training, "
-        f"{format_duration(results['eval_seconds'])} for evaluation. `{folder}/ckpt.pt` is the PRM on "
-        f"{args.final_labels} labels; `{folder}/orm.pt` the ORM." + (
+        f"{format_duration(results['eval_seconds'])} for evaluation." + (
+            f" A generative verifier (genrm.py), fine-tuned {args.genrm_steps} steps from the policy on its checks of "
+            f"{genrm_data.get('candidates')} distinct answers and steps "
+            f"({genrm_data.get('good', 0) / max(1, genrm_data.get('candidates', 0)):.0%} good) "
+            f"in {genrm_data.get('samples')} samples of {genrm_data.get('problems')} problems: it works each countdown "
+            f"answer and each arith step out again, then writes its verdict." if args.genrm_problems else "")
+        + f" `{folder}/ckpt.pt` is the stage's verifier for the later stages, {final_name}; `{folder}/orm.pt` the "
+          f"ORM." + (
             f" Each verifier also had the within-problem ranking loss, weight {args.rank_weight:g}, on "
             f"{args.batch_size // 2} pairs a step drawn from {data['rank_pairs']} (right, wrong) pairs of solutions of "
             f"the same problem ({data['rank_traces']} more samples of {args.rank_problems} problems per task at "
@@ -539,6 +650,9 @@ def write_outputs(args, results, best_of_n, mc_name):
         "last score). Majority vote does not apply to countdown: every correct answer is a different expression "
         "with the same value, the target, so votes over answer strings say nothing.", "",
         markdown_table(["task", "chooser"] + [f"N={n}" for n in next(iter(best_of_n.values()))[0]], bon_rows), "",
+        f"Within-problem AUROC (right against wrong samples of the same problem, over the {args.max_n} samples of "
+        f"each held-out problem that has both; the number of such problems):", "",
+        markdown_table(["task", "verifier", "within-problem AUROC", "problems"], within_rows), "",
         f"![best-of-N]({folder}/best_of_n.png)", "", f"![verifiers]({folder}/verifiers.png)", ""]))
 
 

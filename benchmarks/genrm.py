@@ -20,16 +20,19 @@ Writes DIR/genrm.json, DIR/genrm.md, DIR/genrm.png and the verifier, DIR/genrm.p
 """
 import argparse
 import os
+import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
 
 import torch
 
-from nano_reasoner import genrm, search, tasks
+from nano_reasoner import genrm, prm, search, tasks
 from nano_reasoner.checkpoint import save_checkpoint
 from nano_reasoner.cli import load_policy
 from nano_reasoner.evaluate import held_out_problems
-from nano_reasoner.prm import aggregate, auroc
+from nano_reasoner.model import configure_optimizer
+from nano_reasoner.prm import aggregate, auroc, within_problem_auroc
 from nano_reasoner.report import markdown_table, plot_curves, write_json
 
 
@@ -37,27 +40,24 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("countdown", "arith"), default="countdown")
     parser.add_argument("--policy", default="runs/tiny/reason/ckpt.pt", help="the policy whose samples are judged")
-    parser.add_argument("--prm", default="runs/tiny/prm", help="the verifier stage's folder (ckpt.pt, orm.pt)")
+    parser.add_argument("--prm", default="runs/tiny/prm", help="the verifier stage's folder (prm_exact.pt, orm.pt)")
+    parser.add_argument("--verifier", help="measure this generative verifier (e.g. runs/tiny/prm/ckpt.pt, the stage's) "
+                        "instead of training one")
+    parser.add_argument("--difficulties", help="held-out difficulties, comma separated (default: arith 3,4; "
+                        "countdown 3,4)")
     parser.add_argument("--train-problems", type=int, default=1200)
     parser.add_argument("--train-samples", type=int, default=8, help="samples per training problem")
     parser.add_argument("--steps", type=int, default=3000, help="fine-tuning steps of the verifier")
     parser.add_argument("--no-baselines", action="store_true", help="skip the PRM and ORM (their scoring is slow)")
     parser.add_argument("--problems", type=int, default=500, help="held-out problems (arith: of 3 and 4 operations)")
     parser.add_argument("--samples", type=int, default=16, help="N: samples per held-out problem")
+    parser.add_argument("--data-sizes", help="instead: the verifier against its data, one fresh verifier of --steps "
+                        "steps per PROBLEMSxSAMPLES, comma separated (e.g. 50x2,50x8,800x8), each from the first "
+                        "problems and samples of one training pool; no baselines")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--out", default=None, help="default runs/genrm_<task>")
     return parser.parse_args(argv)
-
-
-def within_problem_auroc(pools, scores):
-    """Mean over problems with right and wrong samples of the AUROC of the scores of that problem's samples."""
-    values = []
-    for pool, pool_scores in zip(pools, scores):
-        labels = [tasks.verify(pool.problem, text).is_correct for text in pool.texts]
-        if 0 < sum(labels) < len(labels):
-            values.append(auroc(pool_scores, labels))
-    return sum(values) / len(values), len(values)
 
 
 def best_of_n(pools, scores, n):
@@ -88,40 +88,25 @@ def weighted_vote(pools, scores, n):
     return right / len(pools)
 
 
-ARITH_DIFFICULTIES = (3, 4)
-
-
 def problems_of(args):
-    """-> (held-out problems, training problems never among them)."""
-    if args.task == "countdown":
+    """-> (held-out problems, training problems never among them). The held-out problems at the default
+    difficulties are those of every stage's held-out stream; at others (arith 5 and 6 operations are not in it),
+    problems of a seed no stage trains on."""
+    difficulties = tuple(int(d) for d in args.difficulties.split(",")) if args.difficulties else (3, 4)
+    if args.task == "countdown" and set(difficulties) == {3, 4}:
         held_out = held_out_problems(args.problems, args.seed)["countdown"]
-    else:  # enough held-out arith problems of 3 and 4 operations, from the same held-out stream as every stage's
+    elif args.task == "countdown" and set(difficulties) <= {3, 4}:
+        held_out = [p for p in held_out_problems(3 * args.problems, args.seed)["countdown"]
+                    if p.difficulty in difficulties][:args.problems]
+    elif args.task == "arith" and set(difficulties) <= {1, 2, 3, 4}:
         held_out = [p for p in held_out_problems(4 * args.problems, args.seed)["arith"]
-                    if p.difficulty in ARITH_DIFFICULTIES][:args.problems]
+                    if p.difficulty in difficulties][:args.problems]
+    else:
+        held_out = tasks.generate(args.task, args.problems, seed=args.seed + 999, difficulties=difficulties)
     held_texts = {p.text for p in held_out}
-    difficulties = (3, 4) if args.task == "countdown" else ARITH_DIFFICULTIES
     train = [p for p in tasks.generate(args.task, 2 * args.train_problems, seed=args.seed + 777,
-                                       difficulties=difficulties) if p.text not in held_texts]
+                                       difficulties=(3, 4)) if p.text not in held_texts]
     return held_out, train[:args.train_problems]
-
-
-def candidates_of(task, problem, texts):
-    """What the verifier judges in a problem's samples: countdown, each distinct well-formed answer (problem,
-    answer); arith, each distinct step (previous expression, line)."""
-    if task == "countdown":
-        return {(problem, answer) for answer in map(genrm.candidate_answer, texts) if answer and genrm.as_arith(answer)}
-    return {pair for text in texts for pair in genrm.completion_steps(problem, text)
-            if genrm.step_expression(pair[1]) is not None}  # a step that is no equation scores 0 unchecked
-
-
-def check_of(task, candidate):
-    return genrm.answer_check(*candidate) if task == "countdown" else genrm.step_check(*candidate)
-
-
-def example_of(task, tokenizer, candidate):
-    if task == "countdown":
-        return genrm.training_example(tokenizer, *candidate)
-    return genrm.step_training_example(tokenizer, *candidate)
 
 
 def sample_score(task, problem, text, verdicts):
@@ -135,6 +120,116 @@ def sample_score(task, problem, text, verdicts):
     return min((verdicts.get(pair, 0.0) for pair in steps), default=0.0)
 
 
+def parse_sizes(text, args):
+    sizes = []
+    for part in text.split(","):
+        problems, _, samples = part.strip().partition("x")
+        if not (problems.isdigit() and samples.isdigit() and 0 < int(problems) and 0 < int(samples)):
+            raise SystemExit(f"--data-sizes: {part!r} is not PROBLEMSxSAMPLES, such as 200x8")
+        sizes.append((int(problems), int(samples)))
+    args.train_problems = max(args.train_problems, max(p for p, _ in sizes))
+    args.train_samples = max(args.train_samples, max(k for _, k in sizes))
+    return sizes
+
+
+def train_scalar_prm(policy, tokenizer, train_pools, seconds, seed, batch_size=16, lr=5e-4):
+    """The stage's PRM recipe at the generative verifier's training time, on its data: a scalar head on a copy of
+    the policy, exact step labels (prm.label_trace) and the within-problem ranking loss (prm.ranking_loss), trained
+    until `seconds` have passed. -> (model, steps taken)"""
+    traces = [prm.label_trace(tokenizer, pool.problem, pool.prompt, row) for pool in train_pools for row in pool.samples]
+    pairs = prm.ranking_pairs(traces)
+    model = prm.verifier_from_policy(policy)
+    optimizer = configure_optimizer(model, lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    rng = random.Random(seed)
+    model.train()
+    t_start, steps = time.time(), 0
+    while time.time() - t_start < seconds:
+        batch = rng.sample(traces, min(batch_size, len(traces)))
+        loss = prm.verifier_loss(model, tokenizer, [t.prompt for t in batch], [t.completion for t in batch],
+                                 [t.exact for t in batch])
+        if pairs:
+            chosen = rng.sample(pairs, min(len(pairs), batch_size // 2))
+            loss = loss + prm.ranking_loss(model, tokenizer, [traces[r] for r, _ in chosen],
+                                           [traces[w] for _, w in chosen])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        steps += 1
+    model.eval()
+    return model, steps
+
+
+def data_size_sweep(args, policy, tokenizer, train_problems, pools, greedy_accuracy, start):
+    """One fresh verifier per (problems, samples), all trained --steps steps from the policy (equal training time):
+    how best-of-N and the within-problem AUROC grow with the data. Writes DIR/data_size.{json,md,png}."""
+    sizes = parse_sizes(args.data_sizes, args)
+    train_pools = search.sample_pool(policy, tokenizer, train_problems, args.train_samples, temperature=1.0,
+                                     seed=args.seed)
+    print(f"training pool: {len(train_pools)} x {args.train_samples}, {time.time() - start:.0f}s", flush=True)
+    exact = [[float(tasks.verify(pool.problem, text).is_correct) for text in pool.texts] for pool in pools]
+    distinct = sorted(set().union(*(genrm.candidates(pool.problem, pool.texts) for pool in pools)), key=str)
+    results = []
+    for num_problems, num_samples in sizes:
+        verifier, verifier_tokenizer = genrm.add_verdict_tokens(policy, tokenizer)
+        examples, counts = genrm.training_data(
+            verifier_tokenizer, [(p.problem, p.texts[:num_samples]) for p in train_pools[:num_problems]],
+            policy.config.block_size)
+        torch.manual_seed(args.seed)
+        t_train = time.time()
+        genrm.train(verifier, verifier_tokenizer, examples, steps=args.steps, seed=args.seed, log_every=args.steps)
+        train_seconds = time.time() - t_train
+        verdicts = dict(zip(distinct, genrm.score_candidates(verifier, verifier_tokenizer, distinct)))
+        scores = [[sample_score(args.task, pool.problem, text, verdicts) for text in pool.texts] for pool in pools]
+        results.append({**counts, "problems": num_problems, "per_problem": num_samples,  # counts["samples"]: in all
+                        "best_of_n": best_of_n(pools, scores, args.samples),
+                        "weighted_vote": weighted_vote(pools, scores, args.samples),
+                        "within_problem_auroc": within_problem_auroc(scores, exact)[0], "train_seconds": train_seconds})
+        print(f"{num_problems}x{num_samples}: {results[-1]}, {time.time() - start:.0f}s", flush=True)
+    # the scalar PRM at equal training time, on the largest size's samples
+    largest = max(results, key=lambda r: r["samples"])
+    subset = [replace(pool, samples=pool.samples[:largest["per_problem"]]) for pool in train_pools[:largest["problems"]]]
+    torch.manual_seed(args.seed)
+    scalar, scalar_steps = train_scalar_prm(policy, tokenizer, subset, largest["train_seconds"], args.seed)
+    scored = search.score_pools(pools, search.Verifier("prm", scalar.num_params(),
+                                                       partial(prm.score_steps, scalar, tokenizer),
+                                                       prm.verifier_tokens))
+    prm_scores = [[aggregate(steps, "min") for steps in pool.step_scores] for pool in scored]
+    prm_result = {"problems": largest["problems"], "per_problem": largest["per_problem"], "steps": scalar_steps,
+                  "best_of_n": best_of_n(pools, prm_scores, args.samples),
+                  "weighted_vote": weighted_vote(pools, prm_scores, args.samples),
+                  "within_problem_auroc": within_problem_auroc(prm_scores, exact)[0]}
+    print(f"scalar PRM, {largest['train_seconds']:.0f}s: {prm_result}", flush=True)
+    pass_n = best_of_n(pools, exact, args.samples)
+    rows = [[f"{r['problems']} x {r['per_problem']}", r["candidates"], f"{100 * r['best_of_n']:.1f}%",
+             f"{100 * r['weighted_vote']:.1f}%", f"{r['within_problem_auroc']:.3f}"] for r in results]
+    rows.append([f"scalar PRM + ranking, {prm_result['problems']} x {prm_result['per_problem']}, "
+                 f"{prm_result['steps']} steps in the same time", "-", f"{100 * prm_result['best_of_n']:.1f}%",
+                 f"{100 * prm_result['weighted_vote']:.1f}%", f"{prm_result['within_problem_auroc']:.3f}"])
+    text = (f"{len(pools)} held-out {args.task} problems, {args.samples} samples each; one verifier per row, "
+            f"{args.steps} steps each; greedy {100 * greedy_accuracy:.1f}%, pass@{args.samples} "
+            f"{100 * pass_n:.1f}%; {(time.time() - start) / 60:.1f} min.\n\n"
+            + markdown_table(["problems x samples", "distinct candidates", f"best-of-{args.samples}",
+                              "weighted vote", "within-problem AUROC"], rows) + "\n")
+    write_json(os.path.join(args.out, "data_size.json"), {"results": results, "scalar_prm": prm_result,
+                                                           "greedy": greedy_accuracy, "pass_n": pass_n})
+    with open(os.path.join(args.out, "data_size.md"), "w") as f:
+        f.write(text)
+    series = {}
+    for k in sorted({r["per_problem"] for r in results}):
+        chosen = [r for r in results if r["per_problem"] == k]
+        series[f"best-of-{args.samples}, {k} samples a problem"] = ([r["samples"] for r in chosen],
+                                                                    [r["best_of_n"] for r in chosen])
+    xs = [r["samples"] for r in results]
+    series["scalar PRM, same data and time"] = ([largest["samples"]], [prm_result["best_of_n"]])
+    series["greedy"] = ([min(xs), max(xs)], [greedy_accuracy] * 2)
+    series[f"pass@{args.samples}"] = ([min(xs), max(xs)], [pass_n] * 2)
+    plot_curves(os.path.join(args.out, "data_size.png"), series, logx=True,
+                title=f"the generative verifier against its data ({args.task})",
+                xlabel="training samples (problems x samples)", ylabel="held-out accuracy")
+    print(text, flush=True)
+
+
 def main():
     args = parse_args()
     args.out = args.out or f"runs/genrm_{args.task}"
@@ -143,43 +238,45 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
     device = torch.device("cpu")
-    policy, tokenizer, checkpoint = load_policy(args.policy, device)
-    products = checkpoint["args"].get("countdown_products", "digits")
+    policy, tokenizer, _ = load_policy(args.policy, device)
+    if args.data_sizes:
+        parse_sizes(args.data_sizes, args)  # the training pool must hold the largest size
     held_out, train_problems = problems_of(args)
+    if args.data_sizes:
+        greedy = search.greedy(policy, tokenizer, held_out, seed=args.seed)
+        greedy_accuracy = sum(tasks.verify(a.problem, a.completion).is_correct for a in greedy) / len(held_out)
+        pools = search.sample_pool(policy, tokenizer, held_out, args.samples, temperature=1.0, seed=args.seed + 1)
+        data_size_sweep(args, policy, tokenizer, train_problems, pools, greedy_accuracy, start)
+        return
 
     # 1. training data: the reasoner's own answers (or steps) and the exact solutions', each with its exact check
-    train_pools = search.sample_pool(policy, tokenizer, train_problems, args.train_samples, temperature=1.0,
-                                     seed=args.seed)
-    candidates = set()
-    for pool in train_pools:
-        exact = tasks.format_completion(*tasks.trace(pool.problem, "digits", "straight", countdown_products=products))
-        candidates |= candidates_of(args.task, pool.problem, pool.texts + [exact])
-    candidates = sorted(candidates, key=str)
     verifier, verifier_tokenizer = genrm.add_verdict_tokens(policy, tokenizer)  # a new model
-    examples = [example_of(args.task, verifier_tokenizer, candidate) for candidate in candidates]
-    examples = [e for e in examples if len(e.tokens) <= policy.config.block_size]  # runaway sampled lines
-    good_share = sum(check_of(args.task, candidate).is_good for candidate in candidates) / len(candidates)
-    print(f"training data: {len(examples)} candidates ({good_share:.0%} good), {time.time() - start:.0f}s", flush=True)
+    if args.verifier:  # the stage's (or an earlier run's) verifier, measured as it is
+        verifier, verifier_tokenizer = genrm.load(args.verifier, device, tokenizer)
+        examples = []
+    else:
+        train_pools = search.sample_pool(policy, tokenizer, train_problems, args.train_samples, temperature=1.0,
+                                         seed=args.seed)
+        examples, counts = genrm.training_data(verifier_tokenizer, [(p.problem, p.texts) for p in train_pools],
+                                               policy.config.block_size)
+        print(f"training data: {counts}, {time.time() - start:.0f}s", flush=True)
 
-    # 2. the verifier
-    genrm.train(verifier, verifier_tokenizer, examples, steps=args.steps, seed=args.seed)
-    print(f"trained: {time.time() - start:.0f}s", flush=True)
-    save_checkpoint(os.path.join(args.out, "genrm.pt"), kind="genrm", model_state=verifier.state_dict(),
-                    model_config=asdict(verifier.config), tokenizer_bytes=verifier_tokenizer.model_bytes,
-                    step=args.steps, args=vars(args))
+        # 2. the verifier
+        genrm.train(verifier, verifier_tokenizer, examples, steps=args.steps, seed=args.seed)
+        print(f"trained: {time.time() - start:.0f}s", flush=True)
+        save_checkpoint(os.path.join(args.out, "genrm.pt"), kind="genrm", model_state=verifier.state_dict(),
+                        model_config=asdict(verifier.config), tokenizer_bytes=verifier_tokenizer.model_bytes,
+                        step=args.steps, args=vars(args))
 
     # 3. held-out: greedy, samples, scores
     greedy = search.greedy(policy, tokenizer, held_out, seed=args.seed)
     greedy_accuracy = sum(tasks.verify(a.problem, a.completion).is_correct for a in greedy) / len(held_out)
     pools = search.sample_pool(policy, tokenizer, held_out, args.samples, temperature=1.0, seed=args.seed + 1)
     print(f"held-out samples: {time.time() - start:.0f}s", flush=True)
-    distinct = sorted(set().union(*(candidates_of(args.task, pool.problem, pool.texts) for pool in pools)), key=str)
-    if args.task == "countdown":
-        distinct_scores = genrm.score(verifier, verifier_tokenizer, [p for p, _ in distinct], [a for _, a in distinct])
-    else:
-        distinct_scores = genrm.score_steps_of(verifier, verifier_tokenizer, distinct)
+    distinct = sorted(set().union(*(genrm.candidates(pool.problem, pool.texts) for pool in pools)), key=str)
+    distinct_scores = genrm.score_candidates(verifier, verifier_tokenizer, distinct)
     verdicts = dict(zip(distinct, distinct_scores))
-    labels = [check_of(args.task, candidate).is_good for candidate in distinct]
+    labels = [genrm.check_of(candidate).is_good for candidate in distinct]
     calibration = {
         "candidates": len(distinct), "good": sum(labels),
         "verdict_accuracy": sum((s > 0.5) == y for s, y in zip(distinct_scores, labels)) / len(labels),
@@ -192,7 +289,7 @@ def main():
                 for candidate, s, y in zip(distinct, distinct_scores, labels)])
     scores = {"generative verifier": [[sample_score(args.task, pool.problem, text, verdicts) for text in pool.texts]
                                       for pool in pools]}
-    baselines = () if args.no_baselines else (("PRM (min)", os.path.join(args.prm, "ckpt.pt")),
+    baselines = () if args.no_baselines else (("PRM (min)", os.path.join(args.prm, "prm_exact.pt")),
                                               ("ORM", os.path.join(args.prm, "orm.pt")))
     for name, path in baselines:
         scalar = search.load_verifier(path, device, tokenizer)
@@ -210,7 +307,7 @@ def main():
                                    for p in pools) / len(pools) for n in ns]
     curves["pass@N (exact)"] = [best_of_n(pools, exact, n) for n in ns]
     curves["greedy"] = [greedy_accuracy] * len(ns)
-    aurocs = {name: within_problem_auroc(pools, s) for name, s in scores.items()}
+    aurocs = {name: within_problem_auroc(s, exact) for name, s in scores.items()}
     pass_n = curves["pass@N (exact)"][-1]
     best = max(curves["generative verifier"][-1], curves["weighted vote (generative verifier)"][-1])
     gap_closed = (best - greedy_accuracy) / (pass_n - greedy_accuracy) if pass_n > greedy_accuracy else float("nan")
@@ -219,15 +316,20 @@ def main():
     rows = [[name, f"{100 * curve[-1]:.1f}%", f"{aurocs[name][0]:.3f}" if name in aurocs else "-"]
             for name, curve in curves.items()]
     text = (f"{len(held_out)} held-out {args.task} problems, {args.samples} samples each at temperature 1 from "
-            f"{args.policy}; the generative verifier fine-tuned {args.steps} steps on {len(examples)} candidates "
-            f"of {args.train_problems} training problems; {seconds / 60:.1f} min.\n\n"
+            f"{args.policy}; " + (f"the generative verifier {args.verifier}" if args.verifier else
+                                  f"the generative verifier fine-tuned {args.steps} steps on {len(examples)} "
+                                  f"candidates of {args.train_problems} training problems")
+            + f"; {seconds / 60:.1f} min.\n\n"
             + markdown_table([f"strategy (N = {args.samples})", "accuracy", "within-problem AUROC"], rows)
             + (f"\n\nThe generative verifier's better pick closes {gap_closed:.0%} of the gap from greedy "
                f"({100 * greedy_accuracy:.1f}%) to pass@{args.samples} ({100 * pass_n:.1f}%)"
                if pass_n > greedy_accuracy else "\n\nNo gap from greedy to pass@N to close")
             + f"; within-problem AUROC over {aurocs['generative verifier'][1]} problems with right and wrong "
               f"samples.\n")
-    write_json(os.path.join(args.out, "genrm.json"), {"curves": curves, "auroc": aurocs, "gap_closed": gap_closed,
+    low, high = min(p.difficulty for p in held_out), max(p.difficulty for p in held_out)
+    title = (f"{args.task}, {low if low == high else f'{low}-{high}'} "
+             f"{'operations' if args.task == 'arith' else 'numbers'}, {len(held_out)} problems")
+    write_json(os.path.join(args.out, "genrm.json"), {"title": title, "curves": curves, "auroc": aurocs, "gap_closed": gap_closed,
                                                        "examples": len(examples), "calibration": calibration,
                                                        "seconds": seconds})
     with open(os.path.join(args.out, "genrm.md"), "w") as f:

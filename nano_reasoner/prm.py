@@ -87,6 +87,9 @@ def verifier_from_policy(policy):
 def load_verifier(path, device):
     """A verifier checkpoint (kind "prm" or "orm") -> (model, tokenizer, checkpoint dict), or UserError."""
     model, tokenizer, ckpt = load_policy(path, device, expected_kind=None)
+    if ckpt["kind"] == "genrm":
+        raise UserError(f"{path} is a generative verifier, which scores by writing a check: this needs a scalar "
+                        f"verifier, such as the stage's prm_exact.pt")
     if ckpt["kind"] not in VERIFIER_KINDS or model.scalar_head is None:
         raise UserError(f"{path} holds a {ckpt['kind']} checkpoint, expected a verifier (prm or orm): "
                         f"pass a checkpoint written by train_prm.py")
@@ -344,3 +347,12 @@ def auroc(scores, labels):
     # AUROC = (sum of the good ranks - num_good (num_good + 1) / 2) / (num_good * num_bad)
     good_rank_sum = sum(rank for rank, y in zip(ranks, labels) if y)
     return (good_rank_sum - num_good * (num_good + 1) / 2) / (num_good * num_bad)
+
+
+def within_problem_auroc(scores, labels):
+    """The mean over problems of the AUROC of one problem's samples (right against wrong), over the problems that
+    have both: how well a verifier picks among one problem's samples, which is what best-of-N asks of it (a pooled
+    AUROC also rewards telling easy problems from hard ones). scores, labels: per problem, per sample.
+    -> (mean AUROC, problems counted); nan when no problem has both."""
+    values = [auroc(s, y) for s, y in zip(scores, labels) if 0 < sum(map(bool, y)) < len(y)]
+    return (sum(values) / len(values) if values else float("nan")), len(values)

@@ -162,3 +162,22 @@ def test_a_completion_is_cut_into_steps_each_with_the_expression_before_it():
     pairs = genrm.completion_steps(ARITH, retry)
     assert pairs == [(ARITH.text, "74+88=541;541+(45+53-34)"), (ARITH.text, "74+88=531;531+(45+53-34)")]
     assert [genrm.step_check(*pair).is_good for pair in pairs] == [False, True]
+
+
+def test_the_training_data_counts_each_distinct_candidate_once(tmp_path):
+    tokenizer = Tokenizer(add_symbols(toy_tokenizer(tmp_path).model_bytes, [genrm.GOOD, genrm.BAD]))
+    exact_answer = tasks.trace(PROBLEM, "digits", "straight")[1]
+    assert exact_answer == "16+(18+15)"
+    countdown_samples = [tasks.format_completion([], "18+16+15"), tasks.format_completion([], "18+16+15"),
+                         tasks.format_completion([], "18+16-15"), "no answer", tasks.format_completion([], "49")]
+    steps, answer = tasks.trace(ARITH, "digits", "straight")
+    arith_samples = [tasks.format_completion(steps, answer),                         # the exact solution again
+                     tasks.format_completion(["74+88=041;041+(45+53-34)"], "180")]  # a slip: 47+88 is not 140
+    examples, counts = genrm.training_data(tokenizer, [(PROBLEM, countdown_samples), (ARITH, arith_samples)], 512)
+    # countdown: 18+16+15 (twice), 18+16-15, and the exact 16+(18+15); "no answer" and "49" give nothing to check.
+    # arith: the exact solution's 4 steps (sampled once more) and the slip
+    assert counts == {"problems": 2, "samples": 7, "candidates": 3 + 5, "good": 2 + 4, "examples": 8}
+    assert sorted(e.tokens[-2] == tokenizer.symbol_id(genrm.GOOD) for e in examples) == [False] * 2 + [True] * 6
+    # a context too short for any of them keeps the counts of what was found, and no example
+    _, short = genrm.training_data(tokenizer, [(PROBLEM, countdown_samples), (ARITH, arith_samples)], 10)
+    assert short == dict(counts, examples=0)

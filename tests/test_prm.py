@@ -188,6 +188,18 @@ def test_auroc_by_hand():
     assert math.isnan(prm.auroc([0.2, 0.3], [1, 1]))
 
 
+def test_within_problem_auroc_by_hand():
+    scores = [[0.9, 0.2, 0.5], [0.3, 0.6, 0.6, 0.1], [0.4, 0.7]]
+    labels = [[1, 0, 0], [1, 0, 1, 0], [1, 1]]
+    # problem 1 ranks its one right sample first: 1.0. Problem 2, right {0.3, 0.6} against wrong {0.6, 0.1}:
+    # 0.3 < 0.6 (0), 0.3 > 0.1 (1), a tie (1/2), 0.6 > 0.1 (1) -> 2.5 / 4. Problem 3 has no wrong sample: left out.
+    assert prm.within_problem_auroc(scores, labels) == ((1.0 + 0.625) / 2, 2)
+    # pooled, problem 3's right samples at 0.4 and 0.7 rank below problem 1's wrong 0.5 only in part: another number
+    assert prm.auroc(sum(scores, []), sum(labels, [])) != (1.0 + 0.625) / 2
+    value, count = prm.within_problem_auroc([[0.5, 0.5]], [[1, 1]])
+    assert math.isnan(value) and count == 0
+
+
 def test_verifier_tokens_counts_prompt_and_completion():
     assert prm.verifier_tokens([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]]) == 5 + 4
 

@@ -177,6 +177,8 @@ CASES = [
      "--tasks chess: choose among arith, countdown"),
     ("ranking pairs from one sample per problem", "train_prm.py",
      ["--out", "new", "--policy", "policy.pt", "--rank-samples", "1"], "--rank-samples at least 2"),
+    ("negative problems for the generative verifier", "train_prm.py",
+     ["--out", "new", "--policy", "policy.pt", "--genrm-problems", "-1"], "--genrm-problems must be >= 0"),
     # --- train_rl.py
     ("missing initial checkpoint", "train_rl.py", ["--out", "new", "--init", "nope.pt", "--threads", "1"],
      "no checkpoint at nope.pt"),
@@ -184,6 +186,9 @@ CASES = [
      "--group-size must be at least 2"),
     ("process rewards from a PRM and from the exact labels", "train_rl.py",
      ["--out", "new", "--init", "policy.pt", "--prm", "prm.pt", "--exact-process-rewards"], "choose one"),
+    ("generative verifier for process rewards", "train_rl.py",
+     ["--out", "new", "--init", "policy.pt", "--prm", "genrm_other_policy.pt", "--steps", "1"],
+     "is a generative verifier, which scores by writing a check"),
     ("negative process weight", "train_rl.py",
      ["--out", "new", "--init", "policy.pt", "--exact-process-rewards", "--process-weight", "-1"],
      "--process-weight must be >= 0"),
