@@ -191,20 +191,18 @@ def train(model, tokenizer, examples, *, steps, batch_size=32, lr=3e-4, verdict_
     return model
 
 
-def score(model, tokenizer, problems, answers, chunk_size=512):
-    """P(<good>) for each countdown (problem, answer); an answer that is None (no well-formed answer) or no
-    expression scores 0."""
-    prompts = [verifier_prompt(tokenizer, problem, answer) if answer and as_arith(answer) is not None else None
-               for problem, answer in zip(problems, answers)]
-    return score_prompts(model, tokenizer, prompts, chunk_size)
+def prompt_of(tokenizer, candidate):
+    """The verifier's prompt for a candidate of either task: countdown (problem, answer), arith (previous, line);
+    None when there is nothing to check (no answer, no expression, no equation of one operation)."""
+    first, text = candidate
+    if isinstance(first, tasks.Problem):
+        return verifier_prompt(tokenizer, first, text) if text and as_arith(text) is not None else None
+    return step_prompt(tokenizer, first, text) if step_expression(text) is not None else None
 
 
 def score_candidates(model, tokenizer, found, chunk_size=512):
-    """P(<good>) for candidates of either task (countdown (problem, answer), arith (previous, line)), in order."""
-    prompts = [(verifier_prompt(tokenizer, *c) if as_arith(c[1]) is not None else None)
-               if isinstance(c[0], tasks.Problem) else
-               (step_prompt(tokenizer, *c) if step_expression(c[1]) is not None else None) for c in found]
-    return score_prompts(model, tokenizer, prompts, chunk_size)
+    """P(<good>) for each candidate of either task, in order; one with nothing to check scores 0."""
+    return score_prompts(model, tokenizer, [prompt_of(tokenizer, c) for c in found], chunk_size)
 
 
 @torch.no_grad()
@@ -337,7 +335,7 @@ def training_data(tokenizer, pools, block_size):
     a runaway sampled line may not)."""
     found = set()
     for problem, texts in pools:
-        exact = tasks.format_completion(*tasks.trace(problem, "digits", "straight"))  # its answer and steps are
+        exact = tasks.format_completion(*tasks.trace(problem, "digits", "straight"))
         found |= candidates(problem, list(texts) + [exact])
     found = sorted(found, key=str)
     examples = [e for e in (example_of(tokenizer, c) for c in found) if len(e.tokens) <= block_size]

@@ -82,7 +82,7 @@ def test_score_is_the_verdicts_probability_on_a_toy(tmp_path):
     tokenizer = toy_tokenizer(tmp_path)
     tokenizer = Tokenizer(add_symbols(tokenizer.model_bytes, [genrm.GOOD, genrm.BAD]))
     model = ConstantVerdict(tokenizer.vocab_size, tokenizer.symbol_id(genrm.GOOD), tokenizer.symbol_id(genrm.BAD))
-    scores = genrm.score(model, tokenizer, [PROBLEM] * 3, ["18+16+15", None, "18+16-15"])
+    scores = genrm.score_candidates(model, tokenizer, [(PROBLEM, "18+16+15"), (PROBLEM, None), (PROBLEM, "18+16-15")])
     assert abs(scores[0] - 0.75) < 1e-6 and abs(scores[2] - 0.75) < 1e-6
     assert scores[1] == 0.0  # no well-formed answer: nothing to check
 
@@ -99,7 +99,7 @@ def test_a_tiny_verifier_learns_to_tell_right_from_wrong(tmp_path):
         candidates += [(problem, right), (problem, right.replace("+", "-", 1) if "+" in right else right + "+1")]
     examples = [genrm.training_example(tokenizer, p, a) for p, a in candidates]
     genrm.train(model, tokenizer, examples, steps=400, batch_size=8, lr=3e-3, seed=0, log_every=1000)
-    scores = genrm.score(model, tokenizer, [p for p, _ in candidates], [a for _, a in candidates])
+    scores = genrm.score_candidates(model, tokenizer, candidates)
     labels = [genrm.answer_check(p, a).is_good for p, a in candidates]
     assert 0 < sum(labels) < len(labels)
     assert auroc(scores, labels) >= 0.9
