@@ -82,6 +82,27 @@ def analyse(problem, completion):
     return stats
 
 
+def stop_decisions(problem, completion):
+    """Every time the thinking of one countdown completion reaches a single number by legal moves, what it does next
+    -> list of (number, target, next), next one of "end" (`</think>`: the model says the target is made), "undo" (a
+    miss: go back), "move" or "cut" (the output ended without `</think>`). A stop on a number that is not the target
+    is a false stop: the decision the search traces weight up (data.decision_weights) taken wrongly."""
+    assert problem.task == "countdown", "stop decisions are countdown's"
+    parsed = tasks.parse_completion(completion)
+    steps = [tasks.flip_digits(step) for step in parsed.steps]
+    _, target = countdown.parse_numbers(problem.text)
+    decisions = []
+    for index, (_, _, numbers, _) in enumerate(countdown._walk(problem, steps)):
+        if numbers is None or len(numbers) != 1:
+            continue
+        if index + 1 < len(steps):
+            after = "undo" if tasks.undone_state(steps[index + 1]) is not None else "move"
+        else:
+            after = "end" if parsed.is_well_formed else "cut"
+        decisions.append((numbers[0], target, after))
+    return decisions
+
+
 def summarise_thinking(attempts, end_think_id):
     """Attempts (evaluate.Attempt, one per problem) -> a dict of shares and means over them."""
     stats = [analyse(a.problem, a.completion) for a in attempts]

@@ -5,7 +5,7 @@ import pytest
 from nano_reasoner import tasks
 from nano_reasoner.sampling import ThinkingBudget, generate, generate_reference
 from nano_reasoner.tasks import arith, countdown
-from nano_reasoner.thinking import analyse
+from nano_reasoner.thinking import analyse, stop_decisions
 from test_sampling import tiny_model as toy_model  # a random tiny GPT whose argmax is never a near-tie
 
 PROBLEM = countdown.parse_problem("3 7 25 19 -> 63")
@@ -202,6 +202,17 @@ def test_analyse_counts_undo_lines_repeats_and_wrong_arithmetic():
         "25+19=44;3 7 44\nundo;3 7 25 19\n19+25=44;3 7 44\nundo;3 7 6\n7*3=24;25 19 24\n</think>\n1")
     stats = analyse(PROBLEM, completion)
     assert (stats.moves, stats.undo_lines, stats.bad_undo_lines, stats.repeated_moves, stats.wrong_arithmetic) == (3, 2, 1, 1, 1)
+
+
+def test_stop_decisions_name_what_follows_each_single_number():
+    problem = countdown.parse_problem("4 8 16 -> 48")
+    completion = tasks.flip_thinking("4+8=12;16 12\n12+16=28;28\nundo 4+8;4 8 16\n8-4=4;16 4\n"
+                                     "4*16=4*10+4*6=40+24=64;64\n</think>\n(8-4)*16")
+    assert stop_decisions(problem, completion) == [(28, 48, "undo"), (64, 48, "end")]  # 64: a false stop
+    cut = tasks.flip_thinking("4*8=32;16 32\n32+16=48;48")  # the output ran out before </think>
+    assert stop_decisions(problem, cut) == [(48, 48, "cut")]
+    illegal = tasks.flip_thinking("4+8=13;16 13\n13+16=29;29\n</think>\n1")  # off the legal path: not counted
+    assert stop_decisions(problem, illegal) == []
 
 
 # ----------------------------------------------------------------------------- budget forcing
