@@ -31,11 +31,10 @@ from nano_reasoner.tasks import countdown
 from nano_reasoner.thinking import stop_decisions
 
 
-def how_it_ends(attempt, tokenizer):
-    """One wrong attempt -> where it went wrong, in a few words."""
+def how_it_ends(attempt, decisions, tokenizer):
+    """One wrong attempt and its stop decisions -> where it went wrong, in a few words."""
     if tokenizer.end_think_id not in attempt.tokens:
         return "the context ran out while searching"
-    decisions = stop_decisions(attempt.problem, attempt.completion)
     if decisions and decisions[-1][2] == "end" and decisions[-1][0] != decisions[-1][1]:
         return "stopped on one number, not the target"
     if attempt.verdict.reason.startswith("step"):  # countdown.check: the first illegal line of the answer's path
@@ -50,8 +49,9 @@ def measure(path, problems, threads):
     with torch.no_grad():
         attempts, _ = attempt_problems(model, tokenizer, problems)
     attempts = [a[0] for a in attempts]
-    ends = Counter(how_it_ends(a, tokenizer) for a in attempts if not a.verdict.is_correct)
-    decisions = [d for a in attempts for d in stop_decisions(a.problem, a.completion)]
+    per_attempt = [stop_decisions(a.problem, a.completion) for a in attempts]
+    ends = Counter(how_it_ends(a, d, tokenizer) for a, d in zip(attempts, per_attempt) if not a.verdict.is_correct)
+    decisions = [d for attempt_decisions in per_attempt for d in attempt_decisions]
     misses = [(n, t, after) for n, t, after in decisions if n != t]
     false_stops = [(n, t) for n, t, after in misses if after == "end"]
     shares = {"units digit": sum(n % 10 == t % 10 for n, t in false_stops),
